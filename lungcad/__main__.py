@@ -1,0 +1,5 @@
+import sys
+
+from lungcad.cli import main
+
+sys.exit(main())

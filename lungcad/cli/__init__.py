@@ -1,0 +1,63 @@
+"""The ``lungcad`` command: a thin shell over the library.
+
+Each sub-command lives in its own module ``lungcad.cli.<name>`` with two functions:
+``add_parser(subparsers, parents)`` registers it, and sets ``func`` to a function
+``run(args) -> int`` that returns the exit code.  Heavy imports (Keras) happen inside
+``run`` so that ``lungcad --help`` stays fast.
+
+Exit codes: 0 success, 1 a scan or input failed (each failure printed as one line),
+2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+
+from lungcad import __version__
+from lungcad.errors import LungcadError
+
+COMMANDS = ["info", "synth", "zoo", "detect", "merge", "train", "evaluate"]
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lungcad", description="Lung-nodule CAD for chest CT (DICOM, LUNA16 .mhd, NIfTI).")
+    parser.add_argument("--version", action="version", version=f"lungcad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_parser()
+    for name in COMMANDS:
+        modname = f"lungcad.cli.{name}"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        importlib.import_module(modname).add_parser(sub, [common])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LungcadError as e:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"lungcad {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lungcad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

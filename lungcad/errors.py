@@ -1,0 +1,48 @@
+"""Exceptions that lungcad raises on purpose.
+
+Every error meant for a user is a :class:`LungcadError`.  Its ``str()`` is one
+line that names the file (or the stage and series) and the problem, so that the
+CLI can print it without a traceback and go on with the next scan.
+"""
+from __future__ import annotations
+
+import os
+
+
+class LungcadError(Exception):
+    """Base class of every error that lungcad raises for a user to read."""
+
+
+class InputError(LungcadError):
+    """A scan or file that cannot be used: missing, corrupt, not CT, incomplete.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file or folder the problem is about.
+    problem : str
+        What is wrong, and where useful what to do about it.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class StageError(LungcadError):
+    """A failure inside a pipeline stage, naming the stage and the series.
+
+    Raise it ``from`` the original exception so that ``--debug`` can show the cause.
+    """
+
+    def __init__(self, stage: str, series: str | None, message: str):
+        self.stage = stage
+        self.series = series
+        self.message = message
+        where = f"stage '{stage}'" + (f", series {series}" if series else "")
+        super().__init__(f"{where}: {message}")
+
+
+class ConfigError(LungcadError, ValueError):
+    """A pipeline file or option that is invalid: says what was expected and received."""

@@ -1,0 +1,100 @@
+"""What one scan produces: the :class:`ScanResult` that the pipeline returns and outputs write."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Columns every candidate table has (DESIGN.md).  Stages add their own, and remove none.
+CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "z", "y", "x",
+                     "diameter_mm", "probability"]
+
+
+def empty_candidates(extra: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """An empty candidate table with the contract columns (and ``extra``)."""
+    cols = CANDIDATE_COLUMNS + [c for c in extra if c not in CANDIDATE_COLUMNS]
+    df = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
+    df["seriesuid"] = df["seriesuid"].astype(object)
+    return df
+
+
+@dataclass
+class ScanResult:
+    """Everything about one scan after the pipeline ran.
+
+    ``candidates`` is the candidate table, sorted by descending ``probability``.
+    ``timings`` maps stage name to seconds.  ``config`` is the config the run used,
+    as a plain dict, and ``config_hash`` its SHA-256 (first 16 hex digits).
+    """
+
+    series_uid: str
+    patient_id: str
+    candidates: pd.DataFrame
+    cancer_probability: float
+    input_path: str = ""
+    geometry: dict[str, Any] = field(default_factory=dict)
+    lung_volume_ml: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (numpy scalars become Python numbers)."""
+        cands = self.candidates.replace({np.nan: None}).to_dict(orient="records")
+        return _jsonable({
+            "series_uid": self.series_uid,
+            "patient_id": self.patient_id,
+            "input_path": self.input_path,
+            "cancer_probability": float(self.cancer_probability),
+            "n_candidates": int(len(self.candidates)),
+            "geometry": self.geometry,
+            "lung_volume_ml": self.lung_volume_ml,
+            "candidates": cands,
+            "candidate_columns": list(self.candidates.columns),
+            "timings": self.timings,
+            "warnings": list(self.warnings),
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "versions": self.versions,
+            "meta": self.meta,
+        })
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ScanResult":
+        cols = d.get("candidate_columns") or CANDIDATE_COLUMNS
+        cands = pd.DataFrame(d.get("candidates", []), columns=cols)
+        return cls(series_uid=d["series_uid"], patient_id=d["patient_id"], candidates=cands,
+                   cancer_probability=float(d["cancer_probability"]),
+                   input_path=d.get("input_path", ""), geometry=d.get("geometry", {}),
+                   lung_volume_ml=d.get("lung_volume_ml"), timings=d.get("timings", {}),
+                   warnings=list(d.get("warnings", [])), config=d.get("config", {}),
+                   config_hash=d.get("config_hash", ""), versions=d.get("versions", {}),
+                   meta=d.get("meta", {}))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        v = float(obj)
+        return None if np.isnan(v) else v
+    if isinstance(obj, float) and np.isnan(obj):
+        return None
+    return obj
