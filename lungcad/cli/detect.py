@@ -1,0 +1,103 @@
+"""``lungcad detect``: the batch command over a folder (or list) of CT scans."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from lungcad.errors import InputError, LungcadError, StageError
+
+
+def add_parser(sub, parents):
+    p = sub.add_parser(
+        "detect", parents=parents, help="find nodules and score patients in a folder of CT scans",
+        description="Run the lungcad pipeline on every CT series found under INPUT and write "
+                    "candidates.csv, patients.csv, scans/*.json, report.html, run.json and errors.csv "
+                    "into OUTPUT. Scans already done are skipped (resume), unless --overwrite.")
+    p.add_argument("input", help="a folder tree of scans, one series folder, a .mhd/.mha/.nii(.gz) file, "
+                                 "or a text file listing such paths, one per line")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("--pipeline", help="pipeline TOML file (default: the built-in default pipeline)")
+    p.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                   help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    p.add_argument("--device", choices=["cpu", "gpu"], help="force the CPU, or allow the GPU (default)")
+    p.add_argument("--batch-size", type=int, help="slices per U-Net batch and patches per FPR batch")
+    p.add_argument("--num-shards", type=int, help="split the scans into this many shards "
+                   "(default: $SLURM_ARRAY_TASK_COUNT, or 1)")
+    p.add_argument("--shard-index", type=int, help="the shard this process runs, 0-based "
+                   "(default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX, or 0)")
+    p.add_argument("--all-series", action="store_true",
+                   help="run every CT series of a patient (default: one per patient: the thinnest "
+                        "slices, then the softest kernel)")
+    p.add_argument("--series-uid", action="append", default=[],
+                   help="run only this SeriesInstanceUID (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="redo scans whose results exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=run)
+    return p
+
+
+def shard_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
+    """Resolve the shard from the flags, else Slurm array or Kubernetes Indexed Job variables."""
+    env = os.environ
+    if num_shards is None:
+        num_shards = int(env.get("SLURM_ARRAY_TASK_COUNT") or env.get("LUNGCAD_NUM_SHARDS") or 1)
+    if shard_index is None:
+        idx = env.get("SLURM_ARRAY_TASK_ID") or env.get("JOB_COMPLETION_INDEX") or 0
+        shard_index = int(idx)
+        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_MIN" in env:
+            shard_index -= int(env["SLURM_ARRAY_TASK_MIN"])
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise argparse.ArgumentTypeError(
+            f"--shard-index must be in [0, {num_shards - 1}] for --num-shards {num_shards}. "
+            f"Received shard index {shard_index}")
+    return num_shards, shard_index
+
+
+def _set_backend(args) -> None:
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run(args) -> int:
+    try:
+        num_shards, shard_index = shard_from_env(args.num_shards, args.shard_index)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        print(f"lungcad detect: error: {e}", file=sys.stderr)
+        return 2
+    if args.batch_size is not None and args.batch_size < 1:
+        print(f"lungcad detect: error: --batch-size must be >= 1. Received {args.batch_size}", file=sys.stderr)
+        return 2
+    _set_backend(args)
+    from lungcad.api import detect
+
+    summary = detect(args.input, args.output, pipeline=args.pipeline, batch_size=args.batch_size,
+                     num_shards=num_shards, shard_index=shard_index, all_series=args.all_series,
+                     series_uids=args.series_uid, overwrite=args.overwrite,
+                     progress=(not args.no_progress and not args.quiet and sys.stdout.isatty()),
+                     log=_Log(quiet=args.quiet, debug=args.debug))
+    return 1 if summary["failed"] else 0
+
+
+class _Log:
+    """One line per event on stdout, errors on stderr; tracebacks only with --debug."""
+
+    def __init__(self, *, quiet: bool, debug: bool):
+        self.quiet, self.debug = quiet, debug
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def error(self, msg: str, exc: BaseException | None = None) -> None:
+        if self.debug and exc is not None:
+            traceback.print_exception(exc, file=sys.stderr)
+        print(msg, file=sys.stderr, flush=True)

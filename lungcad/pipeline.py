@@ -1,0 +1,172 @@
+"""The detection pipeline: the stages of DESIGN.md composed from a pipeline file.
+
+>>> from lungcad.pipeline import Pipeline
+>>> from lungcad.io import load_ct
+>>> result = Pipeline.from_toml("pipelines/default.toml").run(load_ct("scan_folder/"))
+>>> result.cancer_probability, result.candidates.head()
+
+Each stage is a plain function in its own module; this class only passes each stage
+its config fields, times it, and turns any failure inside a stage into a
+:class:`~lungcad.errors.StageError` that names the stage and the series.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lungcad import __version__
+from lungcad.config import PipelineConfig, load_config
+from lungcad.errors import InputError, LungcadError, StageError
+from lungcad.result import ScanResult
+from lungcad.volume import CTVolume
+
+
+def load_keras_model(path: str | Path):
+    """Load a ``.keras`` file with ``safe_mode=True`` (nothing in it is executed)."""
+    import keras
+
+    import lungcad.models  # noqa: F401  registers the zoo's custom layers
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "model weights not found (train them with `lungcad train`, "
+                            "or point the pipeline file at a .keras file)")
+    try:
+        return keras.saving.load_model(p, compile=False, safe_mode=True)
+    except (ValueError, OSError, TypeError) as e:
+        raise InputError(p, f"not a loadable .keras model: {e}") from e
+
+
+def versions() -> dict[str, str]:
+    """Versions of lungcad and the libraries whose behaviour shapes a result."""
+    import importlib.metadata as md
+
+    out = {"lungcad": __version__, "python": platform.python_version()}
+    for pkg in ("keras", "numpy", "scipy", "scikit-image", "pydicom", "SimpleITK", "pandas"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    with contextlib.suppress(ImportError):
+        import keras
+        out["keras_backend"] = keras.backend.backend()
+    return out
+
+
+class Pipeline:
+    """Lung mask -> U-Net candidates -> morphology -> FPR -> patient probability.
+
+    Parameters
+    ----------
+    config : PipelineConfig, optional
+        The default pipeline when None.
+    segmenter, classifier : optional
+        Models to use instead of loading the config's weight files (tests pass toy
+        callables here to check the plumbing apart from learned weights).
+    """
+
+    def __init__(self, config: PipelineConfig | None = None, *, segmenter=None, classifier=None):
+        self.config = config or PipelineConfig()
+        self._segmenter = segmenter
+        self._classifier = classifier
+        self._versions = None
+
+    @classmethod
+    def from_toml(cls, path: str | Path | None = None, **kw) -> "Pipeline":
+        return cls(load_config(path), **kw)
+
+    @property
+    def segmenter(self):
+        if self._segmenter is None:
+            self._segmenter = load_keras_model(self.config.resolve_weights(self.config.candidates.weights))
+        return self._segmenter
+
+    @property
+    def classifier(self):
+        if self._classifier is None:
+            self._classifier = load_keras_model(self.config.resolve_weights(self.config.fpr.weights))
+        return self._classifier
+
+    def load_models(self) -> None:
+        """Load both networks now (a batch run does it once, before the first scan)."""
+        _ = self.segmenter, self.classifier
+
+    def run(self, volume: CTVolume, *, input_path: str = "") -> ScanResult:
+        """Run every stage on one scan and return its :class:`ScanResult`."""
+        from lungcad import aggregate, candidates, fpr, lungmask, morphology
+
+        cfg = self.config
+        timings: dict[str, float] = {}
+        warnings: list[str] = list(volume.meta.get("warnings", []))
+        series = volume.series_uid or volume.patient_id
+
+        @contextlib.contextmanager
+        def stage(name):
+            t0 = time.perf_counter()
+            try:
+                yield
+            except LungcadError:
+                raise
+            except Exception as e:  # re-raised with the stage and series named, chained
+                raise StageError(name, series, f"{type(e).__name__}: {e}") from e
+            finally:
+                timings[name] = round(time.perf_counter() - t0, 4)
+
+        with stage("lungmask"):
+            lm = lungmask.segment_lungs(volume.hu, spacing=volume.spacing,
+                                        threshold_hu=cfg.lungmask.threshold_hu,
+                                        plausible_litres=tuple(cfg.lungmask.plausible_litres))
+            warnings.extend(lm.warnings)
+            box = lungmask.lung_box(lm.mask, spacing=volume.spacing, margin_mm=cfg.lungmask.margin_mm)
+
+        with stage("candidates"):
+            c = cfg.candidates
+            prob = candidates.predict_probability_map(
+                volume.hu, spacing=volume.spacing, model=self.segmenter, box=box,
+                context_slices=c.context_slices, pixel_mm=c.pixel_mm, window_hu=c.window_hu,
+                batch_size=c.batch_size, tile=c.tile)
+
+        with stage("morphology"):
+            m = cfg.morphology
+            table = morphology.extract_candidates(
+                prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
+                series_uid=volume.series_uid, threshold=m.threshold, dilation_mm=m.dilation_mm,
+                erosion_mm=m.erosion_mm, merge_distance_mm=m.merge_distance_mm,
+                z_merge_mm=m.z_merge_mm, min_diameter_mm=m.min_diameter_mm,
+                max_candidates=m.max_candidates, mask=lm.mask)
+            del prob
+
+        with stage("fpr"):
+            f = cfg.fpr
+            table = fpr.classify_candidates(volume, table, model=self.classifier,
+                                            patch_size=f.patch_size, patch_mm=f.patch_mm,
+                                            fit_fraction=f.fit_fraction, window_hu=f.window_hu,
+                                            batch_size=f.batch_size)
+
+        with stage("aggregate"):
+            p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak)
+
+        if "patient_id" not in table:
+            table.insert(1, "patient_id", volume.patient_id)
+        if self._versions is None:
+            self._versions = versions()
+        meta = {k: v for k, v in volume.meta.items() if _is_plain(v)}
+        return ScanResult(
+            series_uid=volume.series_uid, patient_id=volume.patient_id, candidates=table,
+            cancer_probability=float(p), input_path=str(input_path), geometry=volume.geometry(),
+            lung_volume_ml=round(float(lm.volume_ml), 1), timings=timings, warnings=warnings,
+            config=cfg.to_dict(), config_hash=cfg.hash(), versions=self._versions,
+            meta={**meta, "lungmask_fallback": bool(lm.fallback),
+                  "lung_box_zyx": [[s.start, s.stop] for s in box]})
+
+
+def _is_plain(v) -> bool:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return True
+    if isinstance(v, (list, tuple)):
+        return len(v) <= 64 and all(_is_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_plain(x) for k, x in v.items())
+    return isinstance(v, np.generic)
