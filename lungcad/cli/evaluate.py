@@ -1,0 +1,117 @@
+"""``lungcad evaluate``: the LUNA16 FROC of a candidate file, and patient-level metrics.
+
+    lungcad evaluate froc --annotations A --candidates C [--excluded E] [--seriesuids S]
+                          [--plot froc.png] [--json out.json] [--bootstrap N] [--seed K]
+    lungcad evaluate patients --labels L --predictions P [--plot calib.png] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub, parents):
+    p = sub.add_parser(
+        "evaluate", help="LUNA16 FROC of candidates, or log-loss/AUC of patient probabilities",
+        description="Evaluate lungcad outputs the way the field does: the LUNA16 FROC and CPM of "
+                    "candidates.csv, or the log-loss and ROC AUC of patients.csv against labels.")
+    kinds = p.add_subparsers(dest="evaluate_command", metavar="WHAT", required=True)
+
+    f = kinds.add_parser(
+        "froc", parents=parents, help="LUNA16 FROC and CPM of a candidate file",
+        description="Sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan and their "
+                    "mean (CPM), by the rules of the official LUNA16 evaluation script, with a "
+                    "bootstrap confidence interval over scans.")
+    f.add_argument("--annotations", required=True,
+                   help="LUNA16 annotations.csv (seriesuid,coordX,coordY,coordZ,diameter_mm)")
+    f.add_argument("--candidates", required=True,
+                   help="candidates (seriesuid,coordX,coordY,coordZ,probability), e.g. lungcad's candidates.csv")
+    f.add_argument("--excluded", help="LUNA16 annotations_excluded.csv: hits on these are ignored")
+    f.add_argument("--seriesuids", help="the scans evaluated, one UID a line (LUNA16 seriesuids.csv); "
+                                        "default: every scan in the annotations or the candidates")
+    f.add_argument("--max-candidates", type=int, default=100,
+                   help="candidates kept per scan, most probable first (default 100, as LUNA16; 0: all)")
+    f.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap samples for the 95%% CI (default 1000; 0: none)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    f.add_argument("--plot", help="write the FROC curve to this PNG")
+    f.add_argument("--json", help="write the results to this JSON file")
+    f.set_defaults(func=run_froc)
+
+    q = kinds.add_parser(
+        "patients", parents=parents, help="log-loss, ROC AUC and calibration of cancer probabilities",
+        description="Compare patient cancer probabilities (lungcad patients.csv, or id,cancer) with "
+                    "labels (DSB2017 stage1_labels.csv id,cancer, or patient_id,cancer).")
+    q.add_argument("--labels", required=True, help="labels CSV: id,cancer or patient_id,cancer")
+    q.add_argument("--predictions", required=True,
+                   help="predictions CSV: lungcad patients.csv, or id,cancer (a DSB2017 submission)")
+    q.add_argument("--id-col", help="patient id column in both files (default: patient_id or id)")
+    q.add_argument("--label-col", help="label column (default: cancer or label)")
+    q.add_argument("--prob-col", help="probability column (default: cancer_probability, cancer or probability)")
+    q.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    q.add_argument("--plot", help="write the calibration plot to this PNG")
+    q.add_argument("--json", help="write the results to this JSON file")
+    q.set_defaults(func=run_patients)
+    return p
+
+
+def _usage(args, message: str) -> int:
+    import sys
+
+    print(f"lungcad evaluate {args.evaluate_command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_froc(args: argparse.Namespace) -> int:
+    from lungcad.evaluate import (format_froc, froc, plot_froc, read_annotations, read_candidates,
+                                  read_excluded, read_seriesuids, write_json)
+    from lungcad.errors import InputError
+
+    if args.bootstrap < 0:
+        return _usage(args, f"--bootstrap must be >= 0. Received {args.bootstrap}")
+    if args.max_candidates < 0:
+        return _usage(args, f"--max-candidates must be >= 0. Received {args.max_candidates}")
+    ann = read_annotations(args.annotations)
+    cand = read_candidates(args.candidates)
+    exc = read_excluded(args.excluded) if args.excluded else None
+    uids = read_seriesuids(args.seriesuids) if args.seriesuids else None
+    try:
+        result = froc(ann, cand, excluded=exc, seriesuids=uids, max_candidates_per_scan=args.max_candidates,
+                      n_bootstrap=args.bootstrap, seed=args.seed)
+    except ValueError as e:
+        raise InputError(None, str(e)) from e
+    print(format_froc(result))
+    if args.plot:
+        plot_froc(result, args.plot)
+        print(f"FROC plot: {args.plot}")
+    if args.json:
+        d = result.to_dict()
+        d["inputs"] = {"annotations": args.annotations, "candidates": args.candidates,
+                       "excluded": args.excluded, "seriesuids": args.seriesuids,
+                       "max_candidates_per_scan": args.max_candidates}
+        write_json(d, args.json)
+        print(f"results: {args.json}")
+    return 0
+
+
+def run_patients(args: argparse.Namespace) -> int:
+    from lungcad.evaluate import (format_patient_metrics, patient_metrics, plot_calibration,
+                                  read_labels, read_predictions, write_json)
+    from lungcad.errors import InputError
+
+    if args.bins < 1:
+        return _usage(args, f"--bins must be >= 1. Received {args.bins}")
+    labels = read_labels(args.labels)
+    preds = read_predictions(args.predictions)
+    try:
+        m = patient_metrics(labels, preds, id_col=args.id_col, label_col=args.label_col,
+                            prob_col=args.prob_col, n_bins=args.bins)
+    except ValueError as e:
+        raise InputError(None, str(e)) from e
+    print(format_patient_metrics(m))
+    if args.plot:
+        plot_calibration(m, args.plot)
+        print(f"calibration plot: {args.plot}")
+    if args.json:
+        write_json({**m, "inputs": {"labels": args.labels, "predictions": args.predictions}}, args.json)
+        print(f"results: {args.json}")
+    return 0
