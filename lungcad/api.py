@@ -129,7 +129,7 @@ def detect(input_path, output_dir, *, pipeline=None, batch_size: int | None = No
         skipped scans).
     """
     from lungcad.config import PipelineConfig, load_config
-    from lungcad.io import load_ct
+    from lungcad.io import load_series
     from lungcad.outputs import OutputDir, render_crops, safe_id
     from lungcad.pipeline import Pipeline, versions
 
@@ -177,7 +177,7 @@ def detect(input_path, output_dir, *, pipeline=None, batch_size: int | None = No
         sid = safe_id(s.patient_id, s.series_uid)
         stage = "io"
         try:
-            volume = load_ct(s.path, series_uid=s.series_uid)
+            volume = load_series(s)
             stage = "pipeline"
             result = pipe.run(volume, input_path=str(s.path))
             stage = "outputs"

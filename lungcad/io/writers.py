@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -94,7 +93,8 @@ def _common_dataset(volume: CTVolume, *, sop_class: str, study_uid: str, series_
     ds.StudyDescription = str(meta.get("study_description") or "")
     ds.SeriesDescription = series_description
     ds.ManufacturerModelName = "lungcad"
-    ds.PatientName = patient_name if patient_name is not None else (volume.patient_id or "ANONYMOUS")
+    ds.PatientName = (patient_name if patient_name is not None
+                      else (volume.patient_id or "ANONYMOUS"))
     ds.PatientID = volume.patient_id or "ANONYMOUS"
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
@@ -225,7 +225,8 @@ def write_dicom_series(volume: CTVolume, out_dir: str | os.PathLike, *, seed: in
     names = rng.permutation(nz) + 1 if shuffle_names else np.arange(1, nz + 1)
 
     pid = volume.patient_id or "ANONYMOUS"
-    study_uid = study_uid or str((volume.meta or {}).get("study_uid") or "") or _uid(seed, pid, "study")
+    study_uid = (study_uid or str((volume.meta or {}).get("study_uid") or "")
+                 or _uid(seed, pid, "study"))
     series_uid = volume.series_uid or _uid(seed, pid, study_uid, series_description, "series")
     frame_uid = _uid(series_uid, "frame")
     row_dir, col_dir, slice_dir = _direction_vectors(volume)
@@ -359,6 +360,7 @@ def write_dicom_multiframe(volume: CTVolume, path: str | os.PathLike, *, enhance
         normal = np.cross(row_dir, col_dir)
         step = float(sz * (slice_dir @ normal))
         ds.GridFrameOffsetVector = [_ds(k * step) for k in range(nz)]
+        ds.SpacingBetweenSlices = _ds(abs(step))
         ds.FrameIncrementPointer = 0x3004000C
     _pixel_module(ds, rows=ny, cols=nx, pixel_rep=pixel_rep)
     _finish(ds, stored[order], compress)
