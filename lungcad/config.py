@@ -25,6 +25,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 class LungMaskConfig:
     threshold_hu: float = -320.0
     plausible_litres: tuple[float, float] = (0.5, 12.0)
+    closing_mm: float = 12.0
+    mass_mm: float = 35.0
     margin_mm: float = 10.0
 
 
@@ -45,6 +47,7 @@ class MorphologyConfig:
     erosion_mm: float = 1.0
     merge_distance_mm: float = 5.0
     z_merge_mm: float = 5.0
+    max_gap_slices: int = 1
     min_diameter_mm: float = 3.0
     max_candidates: int = 64
 

@@ -115,9 +115,10 @@ class Pipeline:
                 timings[name] = round(time.perf_counter() - t0, 4)
 
         with stage("lungmask"):
-            lm = lungmask.segment_lungs(volume.hu, spacing=volume.spacing,
+            lm = lungmask.segment_lungs(volume.hu, spacing=volume.spacing, direction=volume.direction,
                                         threshold_hu=cfg.lungmask.threshold_hu,
-                                        plausible_litres=tuple(cfg.lungmask.plausible_litres))
+                                        plausible_litres=tuple(cfg.lungmask.plausible_litres),
+                                        closing_mm=cfg.lungmask.closing_mm, mass_mm=cfg.lungmask.mass_mm)
             warnings.extend(lm.warnings)
             box = lungmask.lung_box(lm.mask, spacing=volume.spacing, margin_mm=cfg.lungmask.margin_mm)
 
@@ -134,7 +135,7 @@ class Pipeline:
                 prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
                 series_uid=volume.series_uid, threshold=m.threshold, dilation_mm=m.dilation_mm,
                 erosion_mm=m.erosion_mm, merge_distance_mm=m.merge_distance_mm,
-                z_merge_mm=m.z_merge_mm, min_diameter_mm=m.min_diameter_mm,
+                z_merge_mm=m.z_merge_mm, max_gap_slices=m.max_gap_slices, min_diameter_mm=m.min_diameter_mm,
                 max_candidates=m.max_candidates, mask=lm.mask)
             del prob
 

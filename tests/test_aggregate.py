@@ -101,7 +101,8 @@ def test_aggregate_reads_table_columns():
     ([0.5], [-0.1], {}, r"malignancy_probs: expected probabilities in \[0, 1\]"),
     ([np.nan], [0.5], {}, r"nodule_probs: expected probabilities in \[0, 1\]"),
     ([0.5, 0.1], [0.5], {}, r"expected the same number of candidates. Received 2 and 1"),
-    ([0.5], [0.5], {"p_leak": 1.5}, r"p_leak: expected a probability in \[0, 1\]. Received p_leak=1.5"),
+    ([0.5], [0.5], {"p_leak": 1.5},
+     r"p_leak: expected a probability in \[0, 1\]. Received p_leak=1.5"),
     ([0.5], [0.5], {"top_k": -1}, r"top_k: expected an integer >= 0. Received top_k=-1"),
     ([0.5], [0.5], {"top_k": 2.5}, r"top_k: expected an integer >= 0"),
 ])

@@ -1,0 +1,532 @@
+"""From a nodule probability map to the candidate table.
+
+The candidate U-Net works slice by slice, so this stage does too:
+
+1. :func:`threshold` the probability map;
+2. :func:`dilate` then :func:`erode` it (a closing) with structuring elements sized in mm;
+3. :func:`components_2d`: connected components in each slice, as 2-D detections;
+4. :func:`merge_by_distance`: detections of one slice whose centroids are closer than D mm
+   become one (a nodule that the network split into several blobs);
+5. :func:`merge_z`: detections in neighbouring slices whose in-plane centroids are within
+   R mm link into one 3-D candidate;
+6. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
+
+Every distance is in millimetres; voxel indices stay inside the functions or travel in
+tables next to the spacing that gives them meaning.
+
+Measurements of a 3-D candidate (see :func:`extract_candidates`):
+
+* ``support``: the candidate's voxels grown by one voxel in 3-D (26-connected: the ring
+  around it in each slice and the slices just above and below it), without the voxels of
+  other candidates.  Below-threshold probabilities there carry the partial-volume
+  information that a thresholded mask throws away.
+* centre: the probability-weighted centroid over the support.
+* ``volume_mm3``: the sum of the probabilities over the support times the voxel volume
+  (a "soft" volume).  For a map whose values are the fraction of each voxel inside the
+  lesion, this is the lesion's volume whatever the slice thickness.
+* ``diameter_mm``: the equivalent-sphere diameter ``(6 V / pi) ** (1/3)``.  On thick slices
+  the largest in-plane diameter depends on where the slices cut the lesion: a 6 mm sphere
+  whose centre lies between two 5 mm slices shows 3.3 mm in each, so it is not used.
+* ``probability`` and ``seg_prob``: the largest probability inside the candidate.
+
+A lesion thinner than a slice (a 6 mm nodule on 8 mm slices) can lie wholly inside one slice;
+where it lies within that slice cannot be measured, and its centre is the slice's centre.  On
+5 mm slices a nodule of 6 mm or more always spans two slices and its centre comes out within
+1 mm (see ``tests/test_morphology.py``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .result import CANDIDATE_COLUMNS, empty_candidates
+from .volume import voxel_to_world
+
+__all__ = ["threshold", "structuring_element", "dilate", "erode", "components_2d",
+           "merge_by_distance", "merge_z", "extract_candidates", "EXTRA_COLUMNS",
+           "DETECTION_COLUMNS"]
+
+#: Columns that :func:`extract_candidates` adds to :data:`lungcad.result.CANDIDATE_COLUMNS`.
+EXTRA_COLUMNS = ["seg_prob", "volume_mm3", "z_extent_mm", "n_slices"]
+
+#: Columns of a 2-D detection table (:func:`components_2d`, :func:`merge_by_distance`).
+#: ``slice`` is the slice index; ``y`` and ``x`` the fractional row and column of the
+#: probability-weighted centroid; ``y_mm`` and ``x_mm`` the same times the spacing (mm along
+#: the index axes, used for distances); ``labels`` the component labels a detection is made of.
+DETECTION_COLUMNS = ["slice", "y", "x", "y_mm", "x_mm", "n_pixels", "area_mm2", "prob_sum",
+                     "max_prob", "mean_prob", "labels"]
+
+# per-slice connectivity: 8-connected in-plane, no link across slices
+_SLICE_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_SLICE_STRUCTURE[1] = True
+
+
+def _check_spacing(spacing) -> np.ndarray:
+    sp = np.asarray(spacing, dtype=float).reshape(-1)
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or sp.min() <= 0:
+        raise ValueError(f"spacing: expected 3 positive values in mm, (z, y, x). "
+                         f"Received spacing={spacing!r}")
+    return sp
+
+
+def _check_volume(name: str, arr) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError(f"{name}: expected a 3-D array (z, y, x). Received shape {arr.shape}")
+    return arr
+
+
+def threshold(prob, *, level: float = 0.5) -> np.ndarray:
+    """Voxels whose probability is at least ``level``.
+
+    Parameters
+    ----------
+    prob : ndarray of float, (z, y, x)
+    level : float, optional
+
+    Returns
+    -------
+    ndarray of bool, same shape
+    """
+    if not 0.0 <= float(level) <= 1.0:
+        raise ValueError(f"level: expected a probability in [0, 1]. Received level={level!r}")
+    return np.asarray(prob) >= level
+
+
+_apply_threshold = threshold
+
+
+def structuring_element(radius_mm: float, *, spacing, in_plane: bool = True) -> np.ndarray:
+    """An ellipsoid (or, with ``in_plane=True``, a flat disc) of radius ``radius_mm``.
+
+    It holds every voxel offset whose distance in mm from the centre is at most
+    ``radius_mm``, with the spacing of each axis.  A radius shorter than the spacing gives a
+    single voxel (the identity).
+
+    Parameters
+    ----------
+    radius_mm : float
+    spacing : (z, y, x) mm
+    in_plane : bool, optional
+        When True the element has one slice (z size 1): it works in each slice alone.
+
+    Returns
+    -------
+    ndarray of bool, shape (nz, ny, nx), odd sizes
+    """
+    sp = _check_spacing(spacing)
+    if not np.isfinite(radius_mm) or radius_mm < 0:
+        raise ValueError(f"radius_mm: expected a distance >= 0 in mm. Received {radius_mm!r}")
+    half = np.floor(radius_mm / sp + 1e-9).astype(int)
+    if in_plane:
+        half[0] = 0
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    dist2 = sum((g * s) ** 2 for g, s in zip(grids, sp))
+    return dist2 <= radius_mm ** 2 + 1e-9
+
+
+def _morph(op, mask, radius_mm, spacing, in_plane):
+    mask = _check_volume("mask", mask).astype(bool)
+    se = structuring_element(radius_mm, spacing=spacing, in_plane=in_plane)
+    if se.size == 1 or not mask.any():
+        return mask.copy()
+    # work on the bounding box of the foreground, padded by the element
+    pad = np.array(se.shape) // 2
+    idx = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], \
+        np.nonzero(mask.any(axis=(0, 1)))[0]
+    lo = [max(0, int(i[0]) - p - 1) for i, p in zip(idx, pad)]
+    hi = [min(n, int(i[-1]) + p + 2) for i, n, p in zip(idx, mask.shape, pad)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    out = np.zeros_like(mask)
+    # erosion treats the array border as background, which matches "outside is empty"
+    out[box] = op(mask[box], structure=se, border_value=0)
+    return out
+
+
+def dilate(mask, *, radius_mm: float, spacing, in_plane: bool = True) -> np.ndarray:
+    """Binary dilation by a disc (``in_plane=True``) or ellipsoid of ``radius_mm``.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, (z, y, x)
+    radius_mm : float
+    spacing : (z, y, x) mm
+    in_plane : bool, optional
+        Dilate within each slice only (default), or in 3-D.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    return _morph(ndimage.binary_dilation, mask, radius_mm, spacing, in_plane)
+
+
+def erode(mask, *, radius_mm: float, spacing, in_plane: bool = True) -> np.ndarray:
+    """Binary erosion by a disc (``in_plane=True``) or ellipsoid of ``radius_mm``.
+
+    Voxels beyond the array border count as background.  See :func:`dilate`.
+    """
+    return _morph(ndimage.binary_erosion, mask, radius_mm, spacing, in_plane)
+
+
+def _label_slices(mask) -> tuple[np.ndarray, int]:
+    return ndimage.label(mask, structure=_SLICE_STRUCTURE)
+
+
+def _component_table(labels: np.ndarray, n: int, prob: np.ndarray, sp: np.ndarray) -> pd.DataFrame:
+    if n == 0:
+        return _empty_detections()
+    flat = labels.ravel()
+    sel = np.flatnonzero(flat)
+    lab = flat[sel]
+    z, y, x = np.unravel_index(sel, labels.shape)
+    p = prob.ravel()[sel].astype(float)
+    # a component whose probabilities are all zero still needs a centroid: use a tiny floor
+    w = np.maximum(p, 1e-12)
+    cnt = np.bincount(lab, minlength=n + 1)[1:]
+    wsum = np.bincount(lab, weights=w, minlength=n + 1)[1:]
+    psum = np.bincount(lab, weights=p, minlength=n + 1)[1:]
+    cy = np.bincount(lab, weights=w * y, minlength=n + 1)[1:] / wsum
+    cx = np.bincount(lab, weights=w * x, minlength=n + 1)[1:] / wsum
+    zs = np.zeros(n + 1, dtype=int)
+    zs[lab] = z
+    pmax = np.full(n + 1, -np.inf)
+    np.maximum.at(pmax, lab, p)
+    return pd.DataFrame({
+        "slice": zs[1:], "y": cy, "x": cx, "y_mm": cy * sp[1], "x_mm": cx * sp[2],
+        "n_pixels": cnt, "area_mm2": cnt * sp[1] * sp[2], "prob_sum": psum,
+        "max_prob": pmax[1:], "mean_prob": psum / cnt,
+        "labels": [(i,) for i in range(1, n + 1)],
+    })
+
+
+def _empty_detections() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype=float) for c in DETECTION_COLUMNS})
+    df["slice"] = df["slice"].astype(int)
+    df["n_pixels"] = df["n_pixels"].astype(int)
+    df["labels"] = df["labels"].astype(object)
+    return df
+
+
+def components_2d(mask, prob, *, spacing) -> pd.DataFrame:
+    """Connected components of ``mask`` in each slice (8-connected), as 2-D detections.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, (z, y, x)
+    prob : ndarray of float, (z, y, x)
+        The probability map; it weights the centroids and gives ``max_prob``/``mean_prob``.
+    spacing : (z, y, x) mm
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per component, with the columns :data:`DETECTION_COLUMNS`; ``labels`` holds
+        the component's label in the per-slice labelling (numbered from 1 in C order).
+    """
+    mask = _check_volume("mask", mask).astype(bool)
+    prob = _check_volume("prob", prob)
+    if prob.shape != mask.shape:
+        raise ValueError(f"prob: expected the shape of mask {mask.shape}. Received {prob.shape}")
+    sp = _check_spacing(spacing)
+    labels, n = _label_slices(mask)
+    return _component_table(labels, n, prob, sp)
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> np.ndarray:
+        """Group index per element, numbered 0.. in order of first appearance."""
+        roots = np.array([self.find(i) for i in range(len(self.parent))], dtype=int)
+        _, first, inv = np.unique(roots, return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first))
+        return order[inv]
+
+
+def _check_distance(name: str, value: float) -> float:
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a distance >= 0 in mm. Received {name}={value!r}")
+    return float(value)
+
+
+def merge_by_distance(dets2d: pd.DataFrame, *, distance_mm: float) -> pd.DataFrame:
+    """Merge the detections of each slice whose centroids are closer than ``distance_mm``.
+
+    Merging is transitive (single linkage).  A merged detection has the probability-weighted
+    centroid of its parts, their summed pixels, area and probability, their largest
+    probability, and the union of their ``labels``.
+
+    Parameters
+    ----------
+    dets2d : pandas.DataFrame
+        A 2-D detection table (:func:`components_2d`).
+    distance_mm : float
+
+    Returns
+    -------
+    pandas.DataFrame
+        A 2-D detection table, ordered by slice.
+    """
+    distance_mm = _check_distance("distance_mm", distance_mm)
+    if len(dets2d) == 0:
+        return _empty_detections()
+    d = dets2d.reset_index(drop=True)
+    uf = _UnionFind(len(d))
+    for _, idx in d.groupby("slice").indices.items():
+        if len(idx) < 2:
+            continue
+        pts = d.loc[idx, ["y_mm", "x_mm"]].to_numpy()
+        dist = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+        ii, jj = np.nonzero(np.triu(dist < distance_mm, k=1))
+        for a, b in zip(ii, jj):
+            uf.union(int(idx[a]), int(idx[b]))
+    group = uf.groups()
+    n_groups = int(group.max()) + 1
+
+    def total(col):
+        return np.bincount(group, weights=d[col].to_numpy(float), minlength=n_groups)
+
+    w = np.maximum(d["prob_sum"].to_numpy(float), 1e-12)
+    wsum = np.bincount(group, weights=w, minlength=n_groups)
+    centre = {c: np.bincount(group, weights=w * d[c].to_numpy(float), minlength=n_groups) / wsum
+              for c in ("y", "x", "y_mm", "x_mm")}
+    npix = total("n_pixels")
+    psum = total("prob_sum")
+    pmax = np.full(n_groups, -np.inf)
+    np.maximum.at(pmax, group, d["max_prob"].to_numpy(float))
+    first = np.unique(group, return_index=True)[1]
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    labels = [tuple(sorted(lab for i in part for lab in d["labels"].iat[i]))
+              for part in np.split(order, bounds)]
+    out = pd.DataFrame({
+        "slice": d["slice"].to_numpy()[first].astype(int), **centre,
+        "n_pixels": npix.astype(int), "area_mm2": total("area_mm2"), "prob_sum": psum,
+        "max_prob": pmax, "mean_prob": np.where(npix > 0, psum / np.maximum(npix, 1), 0.0),
+        "labels": labels,
+    }, columns=DETECTION_COLUMNS)
+    return out.sort_values("slice", kind="stable").reset_index(drop=True)
+
+
+def merge_z(dets2d: pd.DataFrame, *, radius_mm: float, max_gap_slices: int = 1) -> pd.DataFrame:
+    """Link 2-D detections across slices into 3-D candidates.
+
+    Detections in slices ``k`` and ``k + d`` with ``1 <= d <= max_gap_slices`` whose
+    in-plane centroids are within ``radius_mm`` link; candidates are the connected groups of
+    that graph.  ``max_gap_slices=1`` links neighbouring slices only; 2 also bridges one
+    empty slice.
+
+    Parameters
+    ----------
+    dets2d : pandas.DataFrame
+        A 2-D detection table (:func:`components_2d` or :func:`merge_by_distance`).
+    radius_mm : float
+    max_gap_slices : int, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of ``dets2d`` (index reset) with an integer column ``candidate``,
+        numbered from 0 in order of first appearance.
+    """
+    radius_mm = _check_distance("radius_mm", radius_mm)
+    if isinstance(max_gap_slices, bool) or int(max_gap_slices) != max_gap_slices \
+            or max_gap_slices < 1:
+        raise ValueError(f"max_gap_slices: expected an integer >= 1. "
+                         f"Received max_gap_slices={max_gap_slices!r}")
+    d = dets2d.reset_index(drop=True).copy()
+    if len(d) == 0:
+        d["candidate"] = pd.Series(dtype=int)
+        return d
+    uf = _UnionFind(len(d))
+    by_slice = d.groupby("slice").indices
+    pts = d[["y_mm", "x_mm"]].to_numpy()
+    for k, idx in by_slice.items():
+        for step in range(1, int(max_gap_slices) + 1):
+            other = by_slice.get(k + step)
+            if other is None:
+                continue
+            dist = np.sqrt(((pts[idx][:, None, :] - pts[other][None, :, :]) ** 2).sum(-1))
+            ii, jj = np.nonzero(dist <= radius_mm)
+            for a, b in zip(ii, jj):
+                uf.union(int(idx[a]), int(other[b]))
+    d["candidate"] = uf.groups()
+    return d
+
+
+def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str = "",
+                       threshold: float = 0.5, dilation_mm: float = 1.0,
+                       erosion_mm: float = 1.0, merge_distance_mm: float = 5.0,
+                       z_merge_mm: float = 5.0, max_gap_slices: int = 1,
+                       min_diameter_mm: float = 3.0, max_candidates: int | None = None,
+                       mask=None) -> pd.DataFrame:
+    """Turn a probability map into the candidate table.
+
+    Parameters
+    ----------
+    prob : ndarray of float, (z, y, x)
+        Nodule probability per voxel, aligned with the CT volume.
+    spacing : (z, y, x) mm
+    origin : (x, y, z) mm, world position of voxel (0, 0, 0)
+    direction : 3x3, optional
+        Columns are the world directions of the x, y, z index axes (identity when None).
+    series_uid : str, optional
+        Written to the ``seriesuid`` column.
+    threshold : float, optional
+        Probability at which a voxel is foreground.
+    dilation_mm, erosion_mm : float, optional
+        Radii of the in-plane dilation, then erosion, of the thresholded map.
+    merge_distance_mm : float, optional
+        Detections of one slice closer than this merge (:func:`merge_by_distance`).
+    z_merge_mm : float, optional
+        In-plane distance within which detections of neighbouring slices link (:func:`merge_z`).
+    max_gap_slices : int, optional
+        See :func:`merge_z`.
+    min_diameter_mm : float, optional
+        Candidates with a smaller ``diameter_mm`` are dropped.
+    max_candidates : int, optional
+        Keep only this many, the most probable.
+    mask : ndarray of bool, optional
+        A lung mask: candidates that do not overlap it are dropped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`lungcad.result.CANDIDATE_COLUMNS` plus :data:`EXTRA_COLUMNS`, sorted by
+        descending ``probability``.  ``z, y, x`` are fractional voxel indices of the centre and
+        ``coordX, coordY, coordZ`` its world position (LPS mm).  The measurements are
+        described in the module docstring.
+    """
+    prob = _check_volume("prob", prob)
+    sp = _check_spacing(spacing)
+    if mask is not None:
+        mask = _check_volume("mask", mask).astype(bool)
+        if mask.shape != prob.shape:
+            raise ValueError(f"mask: expected the shape of prob {prob.shape}. "
+                             f"Received {mask.shape}")
+    if max_candidates is not None and (int(max_candidates) != max_candidates or max_candidates < 0):
+        raise ValueError(f"max_candidates: expected None or an integer >= 0. "
+                         f"Received max_candidates={max_candidates!r}")
+    fg = _apply_threshold(prob, level=threshold)
+    fg = dilate(fg, radius_mm=dilation_mm, spacing=sp)
+    fg = erode(fg, radius_mm=erosion_mm, spacing=sp)
+    labels, n = _label_slices(fg)
+    dets = _component_table(labels, n, prob, sp)
+    if len(dets) == 0:
+        return empty_candidates(EXTRA_COLUMNS)
+    dets = merge_by_distance(dets, distance_mm=merge_distance_mm)
+    dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices)
+
+    # candidate id per voxel
+    lut = np.zeros(n + 1, dtype=np.int32)
+    for cand, labs in zip(dets["candidate"], dets["labels"]):
+        lut[list(labs)] = cand + 1
+    cand_map = lut[labels]
+    n_cand = int(dets["candidate"].max()) + 1
+    table = _measure(cand_map, n_cand, prob, sp, mask)
+    table = table[table["diameter_mm"] >= min_diameter_mm].copy()
+    if len(table) == 0:
+        return empty_candidates(EXTRA_COLUMNS)
+    zyx = table[["z", "y", "x"]].to_numpy(dtype=float)
+    xyz = np.atleast_2d(voxel_to_world(zyx, spacing=sp, origin=origin, direction=direction))
+    table["coordX"], table["coordY"], table["coordZ"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    table["seriesuid"] = series_uid
+    table["probability"] = table["seg_prob"]
+    table = table.sort_values("probability", ascending=False, kind="stable")
+    if max_candidates is not None:
+        table = table.head(int(max_candidates))
+    return table[CANDIDATE_COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)
+
+
+_NEIGHBOURS = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1)
+                        for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)])
+
+
+def _support(own: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Voxel coordinates and candidate ids of the candidates grown by one voxel (26-connected);
+    an empty voxel next to several candidates takes the largest id."""
+    coords = np.nonzero(own)
+    ids = own[coords]
+    if ids.size > 2_000_000:
+        # dense maps: a separable 3 x 3 x 3 maximum over the whole box is cheaper
+        grown = ndimage.maximum_filter(own, size=3, mode="constant", cval=0)
+        support = np.where(own > 0, own, grown)
+        where = np.nonzero(support)
+        return where, support[where]
+    shape = np.array(own.shape)
+    pts = np.stack(coords, axis=1)
+    halo = (pts[:, None, :] + _NEIGHBOURS[None, :, :]).reshape(-1, 3)
+    hid = np.repeat(ids, len(_NEIGHBOURS))
+    ok = np.all((halo >= 0) & (halo < shape), axis=1)
+    halo, hid = halo[ok], hid[ok]
+    empty = own[tuple(halo.T)] == 0
+    halo, hid = halo[empty], hid[empty]
+    flat = np.ravel_multi_index(tuple(halo.T), own.shape)
+    order = np.lexsort((hid, flat))
+    flat, hid = flat[order], hid[order]
+    last = np.r_[flat[1:] != flat[:-1], True]
+    flat, hid = flat[last], hid[last]
+    hz = np.unravel_index(flat, own.shape)
+    where = tuple(np.concatenate([c, h]) for c, h in zip(coords, hz))
+    return where, np.concatenate([ids, hid])
+
+
+def _measure(cand_map: np.ndarray, n_cand: int, prob: np.ndarray, sp: np.ndarray,
+             mask) -> pd.DataFrame:
+    """Centre, soft volume, diameter and extent of candidates 1..n_cand (module docstring).
+
+    The support of a candidate is its voxels grown by one voxel in 3-D (8-connected in-plane,
+    and the slices just above and below), without the voxels of other candidates; where two
+    grown candidates meet, the voxel goes to one of them.
+    """
+    boxes = ndimage.find_objects(cand_map, max_label=n_cand)
+    lo = [max(0, min(b[a].start for b in boxes if b is not None) - 1) for a in range(3)]
+    hi = [min(cand_map.shape[a], max(b[a].stop for b in boxes if b is not None) + 1)
+          for a in range(3)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    own = cand_map[box]
+    where, sid = _support(own)
+    p = np.clip(prob[box][where].astype(float), 0.0, 1.0)
+    wsum = np.bincount(sid, weights=p, minlength=n_cand + 1)[1:]
+    # a candidate without probability mass (all zero) is located by its own voxels
+    is_own = (own[where] == sid).astype(float)
+    w = np.where(wsum[sid - 1] > 0, p, is_own)
+    wtot = np.bincount(sid, weights=w, minlength=n_cand + 1)[1:]
+    centre = [np.bincount(sid, weights=w * (c + o), minlength=n_cand + 1)[1:] / wtot
+              for c, o in zip(where, lo)]
+    volume = wsum * float(np.prod(sp))
+    ow = np.nonzero(own)
+    pmax = np.full(n_cand + 1, -np.inf)
+    np.maximum.at(pmax, own[ow], prob[box][ow].astype(float))
+    pmax = pmax[1:]
+    kmin = np.array([b[0].start if b is not None else 0 for b in boxes])
+    kmax = np.array([b[0].stop - 1 if b is not None else -1 for b in boxes])
+    n_slices = kmax - kmin + 1
+    table = pd.DataFrame({
+        "z": centre[0], "y": centre[1], "x": centre[2],
+        "diameter_mm": (6.0 * volume / np.pi) ** (1.0 / 3.0),
+        "seg_prob": np.asarray(pmax, float), "volume_mm3": volume,
+        "z_extent_mm": n_slices * float(sp[0]), "n_slices": n_slices.astype(int),
+    })
+    present = np.array([b is not None for b in boxes])
+    if mask is not None:
+        touches = np.zeros(n_cand + 1, bool)
+        touches[np.unique(own[mask[box] & (own > 0)])] = True
+        present &= touches[1:]
+    return table[present].reset_index(drop=True)

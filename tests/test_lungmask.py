@@ -1,0 +1,240 @@
+"""Lung mask: real TCIA scans (tumours that touch the mediastinum), phantoms, fallbacks.
+
+Each real series is loaded and segmented once per module (module-scoped fixtures).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from lungcad.io import load_ct
+from lungcad.lungmask import LungMask, lung_box, segment_lungs
+from lungcad.volume import CTVolume
+
+PETCT_SERIES = {
+    "A0001-L": "Lung_Dx-A0001/04-04-2007-NA-Chest-07990/2.000000-5mm-40805",
+    "A0001-B": "Lung_Dx-A0001/04-04-2007-NA-Chest-07990/3.000000-5mm-41315",
+    "A0002-B70f": "Lung_Dx-A0002/04-25-2007-NA-ThoraxAThoraxRoutine_Adult-34834/"
+                  "2.000000-ThoraxRoutine_8.0.0_B70f-62919",
+    "A0002-B40f": "Lung_Dx-A0002/04-25-2007-NA-ThoraxAThoraxRoutine_Adult-34834/"
+                  "3.000000-ThoraxRoutine_8.0.0_B40f-10983",
+}
+
+
+def inside(mask: np.ndarray, vol: CTVolume, xyz) -> np.ndarray:
+    """Whether each world point (x, y, z) falls in ``mask`` (nearest voxel)."""
+    zyx = np.rint(vol.world_to_voxel(np.atleast_2d(np.asarray(xyz, float)))).astype(int)
+    assert np.all(zyx >= 0) and np.all(zyx < np.array(mask.shape)), zyx
+    return mask[tuple(zyx.T)]
+
+
+# ---- real scans -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=list(PETCT_SERIES))
+def petct(request, petct_dir):
+    vol = load_ct(petct_dir / PETCT_SERIES[request.param])
+    boxes = pd.read_csv(petct_dir / "annotations_index.csv")
+    boxes = boxes[boxes["series_instance_uid"] == vol.series_uid]
+    assert len(boxes) >= 8
+    lm = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction)
+    return request.param, vol, boxes, lm
+
+
+@pytest.fixture(scope="module")
+def lidc(lidc_dir):
+    vol = load_ct(lidc_dir / "LIDC-IDRI-0003")
+    nodules = pd.read_csv(lidc_dir / "annotations_consensus.csv")
+    lm = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction)
+    return vol, nodules, lm
+
+
+@pytest.mark.real
+def test_petct_tumour_box_centres_are_inside_the_mask(petct):
+    name, vol, boxes, lm = petct
+    assert isinstance(lm, LungMask) and not lm.fallback and lm.warnings == []
+    assert lm.mask.shape == vol.shape and lm.mask.dtype == bool
+    hits = inside(lm.mask, vol, boxes[["center_x_mm", "center_y_mm", "z_mm"]].to_numpy())
+    assert hits.all(), f"{name}: {int((~hits).sum())} of {len(hits)} box centres outside"
+    assert 2000 <= lm.volume_ml <= 8000
+    assert lm.volume_ml == pytest.approx(lm.mask.sum() * np.prod(vol.spacing) / 1000)
+    assert lm.info["n_lungs"] == 2 and lm.info["trachea_found"]
+
+
+@pytest.mark.real
+def test_a_threshold_mask_loses_the_petct_tumours(petct_dir):
+    """Without the closings the masses that touch the mediastinum fall outside: the
+    closings are what keeps them."""
+    vol = load_ct(petct_dir / PETCT_SERIES["A0001-B"])
+    boxes = pd.read_csv(petct_dir / "annotations_index.csv")
+    boxes = boxes[boxes["series_instance_uid"] == vol.series_uid]
+    plain = segment_lungs(vol.hu, spacing=vol.spacing, closing_mm=0, mass_mm=0)
+    hits = inside(plain.mask, vol, boxes[["center_x_mm", "center_y_mm", "z_mm"]].to_numpy())
+    assert hits.sum() <= 2
+
+
+@pytest.mark.real
+def test_lidc_nodule_centres_are_inside_the_mask(lidc):
+    vol, nodules, lm = lidc
+    assert not lm.fallback
+    hits = inside(lm.mask, vol, nodules[["x_mm", "y_mm", "z_mm"]].to_numpy())
+    assert hits.all(), nodules.loc[~hits, ["cluster_id", "x_mm", "y_mm", "z_mm"]]
+    assert 2000 <= lm.volume_ml <= 8000
+    assert lm.info["n_lungs"] == 2
+
+
+@pytest.mark.real
+def test_lidc_trachea_is_not_lung(lidc):
+    """Above the carina the trachea is an air tube on the midline: outside the mask."""
+    vol, _, lm = lidc
+    k = 115                                   # z = -91.5 mm, above the carina
+    air = vol.hu[k] < -500
+    lab, n = ndimage.label(air)
+    sizes = ndimage.sum(air, lab, index=np.arange(1, n + 1)) * vol.spacing[1] * vol.spacing[2]
+    coms = ndimage.center_of_mass(air, lab, np.arange(1, n + 1))
+    mid = vol.shape[2] / 2
+    tube = [c for a, c in zip(sizes, coms) if 100 <= a <= 700 and abs(c[1] - mid) < 60]
+    assert len(tube) == 1
+    j, i = np.rint(tube[0]).astype(int)
+    assert not lm.mask[k, j, i]
+    assert lm.mask[k].sum() * vol.spacing[1] * vol.spacing[2] > 3000  # both lungs: > 30 cm^2
+
+
+@pytest.mark.real
+def test_lidc_as_thick_slices(lidc):
+    """LIDC-IDRI-0003 averaged to 7.5 mm slices: the nodules are still inside."""
+    vol, nodules, _ = lidc
+    n = vol.shape[0] // 3 * 3
+    thick = vol.hu[:n].reshape(n // 3, 3, *vol.shape[1:]).mean(axis=1).astype(np.int16)
+    origin = np.array(vol.origin) + np.array([0, 0, vol.spacing[0]])   # centre of each triple
+    tv = CTVolume(thick, (3 * vol.spacing[0],) + vol.spacing[1:], tuple(origin))
+    lm = segment_lungs(tv.hu, spacing=tv.spacing)
+    assert not lm.fallback
+    assert inside(lm.mask, tv, nodules[["x_mm", "y_mm", "z_mm"]].to_numpy()).all()
+    assert 2000 <= lm.volume_ml <= 8000
+
+
+@pytest.mark.real
+def test_reversed_slice_order_with_direction_gives_the_same_mask(lidc):
+    vol, _, lm = lidc
+    flipped = segment_lungs(vol.hu[::-1], spacing=vol.spacing, direction=np.diag([1, 1, -1]))
+    assert flipped.info["trachea_found"] and flipped.info["n_lungs"] == 2
+    a, b = flipped.mask, lm.mask[::-1]
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.995
+
+
+# ---- phantoms ---------------------------------------------------------------------------
+
+PHANTOM_LESIONS = [{"kind": "mass", "location": "hilar"},
+                   {"kind": "mass", "location": "mediastinal"},
+                   {"location": "juxta-pleural"}, {"location": "juxta-pleural"},
+                   {"location": "juxta-vascular"}]
+
+
+@pytest.mark.parametrize("seed,slice_mm", [(1, 8.0), (3, 2.5), (4, 5.0)])
+def test_phantom_lungs_dice_and_lesions_inside(seed, slice_mm):
+    synthetic = pytest.importorskip("lungcad.synthetic")
+    ph = synthetic.generate_phantom(seed=seed, shape=(None, 256, 256), slice_mm=slice_mm,
+                                    lesions=PHANTOM_LESIONS)
+    vol = ph.volume
+    lm = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction)
+    truth = ph.lung_mask()
+    dice = 2 * (lm.mask & truth).sum() / (lm.mask.sum() + truth.sum())
+    assert dice >= 0.95, dice
+    assert not lm.fallback
+    want = ph.lesions[ph.lesions["location"].isin(["juxta-pleural", "hilar", "mediastinal"])]
+    assert len(want) >= 3
+    zyx = np.rint(want[["z", "y", "x"]].to_numpy(float)).astype(int)
+    hits = lm.mask[tuple(zyx.T)]
+    assert hits.all(), want.loc[~hits, ["location", "kind", "diameter_mm"]]
+
+
+# ---- fallbacks and odd input ------------------------------------------------------------
+
+def test_all_soft_tissue_falls_back_to_the_body_box():
+    hu = np.full((12, 40, 50), 40, np.int16)
+    lm = segment_lungs(hu, spacing=(5.0, 1.0, 1.0))
+    assert lm.fallback and len(lm.warnings) == 1 and "no lung found" in lm.warnings[0]
+    assert lm.mask.all()      # the body fills the volume
+    assert lm.volume_ml == pytest.approx(12 * 40 * 50 * 5.0 / 1000)
+
+
+def test_all_air_falls_back_to_the_whole_volume():
+    hu = np.full((10, 32, 32), -1000, np.int16)
+    lm = segment_lungs(hu, spacing=(2.5, 0.8, 0.8))
+    assert lm.fallback and "no body found" in lm.warnings[0]
+    assert lm.mask.all()
+
+
+def test_small_air_pocket_is_implausible_and_gives_the_body_box():
+    # a body ellipse (1 mm voxels) holding a 4 ml air pocket: far below 0.5 L
+    z, y, x = np.mgrid[:40, :120, :160]
+    hu = np.full((40, 120, 160), -1000, np.int16)
+    body = ((y - 60) / 45.0) ** 2 + ((x - 80) / 60.0) ** 2 <= 1
+    hu[body] = 30
+    hu[(z - 20) ** 2 + (y - 60) ** 2 + (x - 80) ** 2 <= 100] = -900
+    lm = segment_lungs(hu, spacing=(1.0, 1.0, 1.0))
+    assert lm.fallback and "implausible lung volume" in lm.warnings[0]
+    assert lm.info["segmented_volume_ml"] == pytest.approx(4.2, abs=1.0)
+    ys, xs = np.nonzero(body[0])
+    box = np.zeros(hu.shape, bool)
+    box[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    np.testing.assert_array_equal(lm.mask, box)
+
+
+def test_plausible_range_is_a_parameter():
+    z, y, x = np.mgrid[:40, :120, :160]
+    hu = np.full((40, 120, 160), -1000, np.int16)
+    hu[((y - 60) / 45.0) ** 2 + ((x - 80) / 60.0) ** 2 <= 1] = 30
+    hu[(z - 20) ** 2 + (y - 60) ** 2 + (x - 80) ** 2 <= 100] = -900
+    lm = segment_lungs(hu, spacing=(1.0, 1.0, 1.0), plausible_litres=(0.001, 1.0))
+    assert not lm.fallback
+    assert lm.volume_ml == pytest.approx(4.2, abs=1.0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 8, 8), (3, 5, 200), (2, 64, 64)])
+def test_tiny_and_flat_volumes_do_not_crash(shape):
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1100, 400, size=shape).astype(np.int16)
+    lm = segment_lungs(hu, spacing=(2.0, 0.7, 0.7))
+    assert lm.mask.shape == shape and lm.mask.any()
+
+
+def test_float_input_with_nan_and_fov_padding():
+    """Float HU with NaN and the -2048 padding of a circular field of view."""
+    shape = (30, 128, 128)
+    z, y, x = np.mgrid[:30, :128, :128]
+    hu = np.full(shape, -2048.0)
+    hu[(y - 64) ** 2 + (x - 64) ** 2 <= 62 ** 2] = -1000.0
+    hu[((y - 64) / 50.0) ** 2 + ((x - 64) / 58.0) ** 2 <= 1] = 30.0
+    for cx in (40, 88):
+        hu[((y - 64) / 35.0) ** 2 + ((x - cx) / 18.0) ** 2 + ((z - 15) / 14.0) ** 2 <= 1] = -850
+    hu[0, 0, :5] = np.nan
+    lm = segment_lungs(hu, spacing=(5.0, 2.0, 2.0))
+    assert not lm.fallback and lm.info["n_lungs"] == 2
+    assert lm.mask[15, 64, 40] and lm.mask[15, 64, 88] and not lm.mask[15, 64, 64]
+
+
+def test_lung_box_has_a_margin_in_mm():
+    m = np.zeros((20, 50, 60), bool)
+    m[5:8, 10:20, 30:40] = True
+    box = lung_box(m, spacing=(2.5, 0.5, 1.0), margin_mm=5.0)
+    assert box == (slice(3, 10), slice(0, 30), slice(25, 45))
+    assert lung_box(m, spacing=(1, 1, 1), margin_mm=0) == (slice(5, 8), slice(10, 20),
+                                                           slice(30, 40))
+    assert lung_box(np.zeros((2, 3, 4), bool), spacing=(1, 1, 1)) == \
+        (slice(0, 2), slice(0, 3), slice(0, 4))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"hu": np.zeros((4, 4))}, r"hu: expected a 3-D array"),
+    ({"spacing": (1.0, 1.0)}, r"spacing: expected 3 positive values"),
+    ({"spacing": (1.0, 0.0, 1.0)}, r"spacing: expected 3 positive values"),
+    ({"plausible_litres": (2.0, 1.0)}, r"plausible_litres: expected \(low, high\)"),
+])
+def test_bad_input_raises_value_error(kwargs, match):
+    args = {"hu": np.zeros((2, 4, 4), np.int16), "spacing": (1.0, 1.0, 1.0)} | kwargs
+    hu = args.pop("hu")
+    with pytest.raises(ValueError, match=match):
+        segment_lungs(hu, **args)

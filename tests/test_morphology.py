@@ -1,0 +1,253 @@
+"""Morphology and merging: probability maps of spheres with known centres and sizes.
+
+The maps are partial-volume maps: each voxel holds the fraction of its volume inside the
+sphere (4 x 4 x 4 sub-samples), which is what a U-Net trained on real scans approximates.
+On 5 mm slices a 6 mm sphere then shows up in two slices with fractions that tell where
+between them its centre is.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungcad.morphology import (EXTRA_COLUMNS, components_2d, dilate, erode, extract_candidates,
+                                merge_by_distance, merge_z, structuring_element, threshold)
+from lungcad.result import CANDIDATE_COLUMNS
+from lungcad.volume import voxel_to_world, world_to_voxel
+
+SPACINGS = [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7), (5.0, 0.8, 0.8)]
+
+
+def draw_ellipsoid(prob, spacing, centre_zyx_mm, semi_axes_mm, *, sub=4):
+    """Max-composite a partial-volume ellipsoid into ``prob`` (in place); return it."""
+    sp = np.asarray(spacing, float)
+    c = np.asarray(centre_zyx_mm, float)
+    ax = np.broadcast_to(np.asarray(semi_axes_mm, float), (3,))
+    lo = np.maximum(0, np.floor((c - ax) / sp).astype(int) - 1)
+    hi = np.minimum(prob.shape, np.ceil((c + ax) / sp).astype(int) + 2)
+    grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+    off = (np.arange(sub) + 0.5) / sub - 0.5
+    acc = np.zeros(grids[0].shape, np.float32)
+    for oz in off:
+        for oy in off:
+            for ox in off:
+                r2 = sum((((g + o) * s - cc) / a) ** 2
+                         for g, o, s, cc, a in zip(grids, (oz, oy, ox), sp, c, ax))
+                acc += r2 <= 1.0
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    prob[box] = np.maximum(prob[box], acc / sub ** 3)
+    return prob
+
+
+def match(table, world_xyz):
+    """Index of the candidate nearest to a world point and its distance in mm."""
+    d = np.linalg.norm(table[["coordX", "coordY", "coordZ"]].to_numpy() - np.asarray(world_xyz),
+                       axis=1)
+    return int(np.argmin(d)), float(d.min())
+
+
+@pytest.mark.parametrize("spacing", SPACINGS, ids=lambda s: "x".join(map(str, s)))
+def test_spheres_come_out_at_their_centres_and_sizes(spacing):
+    rng = np.random.default_rng(3)
+    origin = (-150.0, -120.0, -300.0)
+    shape = tuple(int(round(n / s)) for n, s in zip((100.0, 120.0, 120.0), spacing))
+    prob = np.zeros(shape, np.float32)
+    # (centre z, y, x in mm along the index axes, diameter) with sub-voxel offsets
+    spheres = [((30.0, 30.0, 30.0), 6.0), ((30.0, 30.0, 80.0), 10.0),
+               ((65.0, 80.0, 40.0), 18.0), ((60.0, 85.0, 95.0), 8.0)]
+    truth = []
+    for c, d in spheres:
+        c = np.asarray(c) + rng.uniform(-1.5, 1.5, 3)
+        draw_ellipsoid(prob, spacing, c, d / 2)
+        truth.append((voxel_to_world(c / np.asarray(spacing), spacing=spacing, origin=origin), d))
+    table = extract_candidates(prob, spacing=spacing, origin=origin, series_uid="1.2.3")
+    assert len(table) == len(spheres)
+    assert set(table["seriesuid"]) == {"1.2.3"}
+    found = set()
+    for world, d in truth:
+        i, dist = match(table, world)
+        found.add(i)
+        assert dist <= 1.0, (spacing, d, dist)
+        assert table.loc[i, "diameter_mm"] == pytest.approx(d, rel=0.15)
+        assert table.loc[i, "volume_mm3"] == pytest.approx(np.pi / 6 * d ** 3, rel=0.4)
+        # z extent covers the sphere, to within one slice on each side
+        assert d - spacing[0] <= table.loc[i, "z_extent_mm"] <= d + 2 * spacing[0]
+    assert len(found) == len(spheres)
+    # voxel columns agree with the world columns
+    back = voxel_to_world(table[["z", "y", "x"]].to_numpy(), spacing=spacing, origin=origin)
+    np.testing.assert_allclose(back, table[["coordX", "coordY", "coordZ"]].to_numpy(), atol=1e-6)
+
+
+def test_table_columns_order_and_probability():
+    sp = (2.5, 0.7, 0.7)
+    shape = (40, 150, 150)
+    # two spheres with different peak probabilities
+    a = draw_ellipsoid(np.zeros(shape, np.float32), sp, (50, 30, 30), 5.0) * 0.7
+    b = draw_ellipsoid(np.zeros(shape, np.float32), sp, (50, 70, 70), 5.0) * 0.95
+    prob = np.maximum(a, b)
+    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.3)
+    assert list(table.columns) == CANDIDATE_COLUMNS + EXTRA_COLUMNS
+    assert len(table) == 2
+    assert table["probability"].tolist() == pytest.approx([0.95, 0.7], abs=1e-6)
+    assert (table["seg_prob"] == table["probability"]).all()
+    assert table.loc[0, "coordX"] == pytest.approx(70, abs=1.0)
+
+
+def test_empty_map_gives_empty_table_with_columns():
+    table = extract_candidates(np.zeros((5, 20, 20), np.float32), spacing=(1, 1, 1),
+                               origin=(0, 0, 0))
+    assert len(table) == 0
+    assert list(table.columns) == CANDIDATE_COLUMNS + EXTRA_COLUMNS
+
+
+def test_nodule_split_into_blobs_in_one_slice_is_one_candidate():
+    sp = (2.5, 0.7, 0.7)
+    prob = np.zeros((30, 120, 120), np.float32)
+    c = np.array([37.5, 42.0, 42.0])
+    draw_ellipsoid(prob, sp, c, 6.0)
+    k, j, i = np.round(c / sp).astype(int)
+    # a cross-shaped gap of 4 pixels (2.8 mm) cuts the central slice into four blobs
+    prob[k, j - 2:j + 2, :] = 0
+    prob[k, :, i - 2:i + 2] = 0
+    blobs = components_2d(threshold(prob[k:k + 1]), prob[k:k + 1], spacing=sp)
+    assert len(blobs) == 4
+    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    assert len(table) == 1
+    centre = table.loc[0, ["z", "y", "x"]].to_numpy(float) * sp
+    assert np.linalg.norm(centre - c) <= 1.0
+    assert table.loc[0, "diameter_mm"] == pytest.approx(12.0, rel=0.15)
+
+
+def test_nodule_spanning_many_slices_is_one_candidate():
+    sp = (1.0, 0.7, 0.7)
+    prob = np.zeros((80, 100, 100), np.float32)
+    c = np.array([40.0, 35.0, 35.0])
+    draw_ellipsoid(prob, sp, c, (25.0, 6.0, 6.0))  # 50 mm long in z
+    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert np.linalg.norm(row[["z", "y", "x"]].to_numpy(float) * sp - c) <= 1.0
+    assert 48 <= row["n_slices"] <= 51
+    assert row["z_extent_mm"] == pytest.approx(row["n_slices"] * 1.0)
+    # equivalent-sphere diameter of a 50 x 12 x 12 mm ellipsoid
+    assert row["diameter_mm"] == pytest.approx((50 * 12 * 12) ** (1 / 3), rel=0.15)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS[1:], ids=lambda s: "x".join(map(str, s)))
+def test_two_nodules_15_mm_apart_stay_two(spacing):
+    prob = np.zeros(tuple(int(n / s) for n, s in zip((80, 80, 80), spacing)), np.float32)
+    a, b = np.array([40.0, 40.0, 32.5]), np.array([40.0, 40.0, 47.5])  # 15 mm apart in x
+    draw_ellipsoid(prob, spacing, a, 4.0)
+    draw_ellipsoid(prob, spacing, b, 4.0)
+    table = extract_candidates(prob, spacing=spacing, origin=(0, 0, 0))
+    assert len(table) == 2
+    got = sorted(table["x"] * spacing[2])
+    assert got == pytest.approx([32.5, 47.5], abs=1.0)
+
+
+def test_two_nodules_15_mm_apart_in_z_stay_two():
+    sp = (2.5, 0.7, 0.7)
+    prob = np.zeros((40, 80, 80), np.float32)
+    draw_ellipsoid(prob, sp, (40.0, 28.0, 28.0), 4.0)
+    draw_ellipsoid(prob, sp, (55.0, 28.0, 28.0), 4.0)
+    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    assert sorted(table["z"] * 2.5) == pytest.approx([40.0, 55.0], abs=1.0)
+
+
+def test_non_identity_direction_gives_correct_world_coordinates():
+    theta = np.deg2rad(30)
+    direction = np.array([[np.cos(theta), -np.sin(theta), 0.0],
+                          [np.sin(theta), np.cos(theta), 0.0],
+                          [0.0, 0.0, -1.0]])  # rotated in-plane, slices run head to feet
+    sp, origin = (2.5, 0.7, 0.7), (12.0, -40.0, 100.0)
+    prob = np.zeros((40, 100, 100), np.float32)
+    c_mm = np.array([51.3, 33.1, 40.2])
+    draw_ellipsoid(prob, sp, c_mm, 5.0)
+    table = extract_candidates(prob, spacing=sp, origin=origin, direction=direction)
+    assert len(table) == 1
+    expected = voxel_to_world(c_mm / sp, spacing=sp, origin=origin, direction=direction)
+    got = table.loc[0, ["coordX", "coordY", "coordZ"]].to_numpy(float)
+    assert np.linalg.norm(got - expected) <= 1.0
+    back = world_to_voxel(got, spacing=sp, origin=origin, direction=direction)
+    np.testing.assert_allclose(back, table.loc[0, ["z", "y", "x"]].to_numpy(float), atol=1e-6)
+
+
+def test_min_diameter_max_candidates_and_mask():
+    sp = (1.0, 1.0, 1.0)
+    prob = np.zeros((40, 80, 80), np.float32)
+    draw_ellipsoid(prob, sp, (20, 20, 20), 1.0)    # 2 mm: below min_diameter_mm=3
+    draw_ellipsoid(prob, sp, (20, 20, 60), 4.0)
+    draw_ellipsoid(prob, sp, (20, 60, 40), 6.0)
+    assert len(extract_candidates(prob, spacing=sp, origin=(0, 0, 0))) == 2
+    assert len(extract_candidates(prob, spacing=sp, origin=(0, 0, 0), min_diameter_mm=1.0)) == 3
+    assert len(extract_candidates(prob, spacing=sp, origin=(0, 0, 0), max_candidates=1)) == 1
+    mask = np.zeros(prob.shape, bool)
+    mask[:, 40:, :] = True  # only the third sphere overlaps it
+    t = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), mask=mask)
+    assert len(t) == 1 and t.loc[0, "y"] == pytest.approx(60, abs=0.5)
+
+
+def test_structuring_elements_are_sized_in_mm():
+    se = structuring_element(2.0, spacing=(2.5, 0.5, 1.0))
+    assert se.shape == (1, 9, 5)
+    se3 = structuring_element(2.5, spacing=(2.5, 0.5, 1.0), in_plane=False)
+    assert se3.shape == (3, 11, 5)
+    assert structuring_element(0.4, spacing=(1, 1, 1)).sum() == 1
+    point = np.zeros((9, 21, 21), bool)
+    point[4, 10, 10] = True
+    d = dilate(point, radius_mm=3.0, spacing=(1.0, 0.5, 0.5))
+    assert d[4].sum() == structuring_element(3.0, spacing=(1, 0.5, 0.5)).sum()
+    assert d[3].sum() == 0 and d[4, 10, 16] and not d[4, 10, 17]
+    d3 = dilate(point, radius_mm=3.0, spacing=(1.0, 0.5, 0.5), in_plane=False)
+    assert d3[1, 10, 10] and not d3[0, 10, 10]
+    assert erode(d, radius_mm=3.0, spacing=(1.0, 0.5, 0.5)).sum() == 1
+    # erosion treats the border as background
+    assert not erode(np.ones((1, 5, 5), bool), radius_mm=1.0, spacing=(1, 1, 1))[0, 0, 2]
+
+
+def test_components_and_distance_merge():
+    sp = (1.0, 0.5, 0.5)
+    mask = np.zeros((2, 100, 100), bool)
+    yy, xx = np.mgrid[:100, :100]
+    for cy, cx in [(20, 20), (20, 28), (70, 70)]:  # first two 4 mm apart
+        mask[0] |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 9
+    mask[1] = mask[0]
+    prob = mask.astype(np.float32)
+    dets = components_2d(mask, prob, spacing=sp)
+    assert len(dets) == 6
+    s0 = dets[dets["slice"] == 0].sort_values(["y", "x"])
+    assert s0[["y", "x"]].to_numpy() == pytest.approx(np.array([[20, 20], [20, 28], [70, 70]]))
+    assert s0["x_mm"].tolist() == pytest.approx([10.0, 14.0, 35.0])
+    assert s0["area_mm2"].tolist() == pytest.approx([29 * 0.25] * 3)
+    merged = merge_by_distance(dets, distance_mm=5.0)
+    assert len(merged) == 4
+    m0 = merged[(merged["slice"] == 0) & (merged["n_pixels"] == 58)]
+    assert len(m0) == 1
+    assert m0.iloc[0][["y", "x"]].tolist() == pytest.approx([20.0, 24.0])
+    assert len(m0.iloc[0]["labels"]) == 2
+    assert len(merge_by_distance(dets, distance_mm=3.0)) == 6
+    linked = merge_z(merged, radius_mm=5.0)
+    assert linked["candidate"].nunique() == 2
+
+
+def test_merge_z_gap_and_radius():
+    dets = pd.DataFrame({"slice": [0, 1, 3, 4, 4], "y_mm": [10.0, 11.0, 11.0, 11.0, 30.0],
+                         "x_mm": [10.0, 10.0, 10.0, 12.0, 30.0]})
+    assert merge_z(dets, radius_mm=5.0)["candidate"].tolist() == [0, 0, 1, 1, 2]
+    assert merge_z(dets, radius_mm=5.0, max_gap_slices=2)["candidate"].tolist() == [0, 0, 0, 0, 1]
+    assert merge_z(dets, radius_mm=0.5)["candidate"].nunique() == 5
+    with pytest.raises(ValueError, match="max_gap_slices: expected an integer >= 1"):
+        merge_z(dets, radius_mm=5.0, max_gap_slices=0)
+
+
+def test_bad_input_raises_value_error():
+    with pytest.raises(ValueError, match=r"spacing: expected 3 positive values"):
+        extract_candidates(np.zeros((2, 4, 4)), spacing=(1, 1), origin=(0, 0, 0))
+    with pytest.raises(ValueError, match=r"expected a 3-D array"):
+        extract_candidates(np.zeros((4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0))
+    with pytest.raises(ValueError, match=r"radius_mm: expected a distance >= 0"):
+        dilate(np.zeros((1, 3, 3), bool), radius_mm=-1, spacing=(1, 1, 1))
+    with pytest.raises(ValueError, match=r"mask: expected the shape of prob"):
+        extract_candidates(np.zeros((2, 4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0),
+                           mask=np.zeros((2, 4, 5), bool))

@@ -1,0 +1,112 @@
+"""The Pipeline end to end on a hand-made chest, with toy models and with real Keras models."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lungcad.aggregate import aggregate
+from lungcad.config import PipelineConfig
+from lungcad.errors import StageError
+from lungcad.pipeline import Pipeline
+from lungcad.volume import CTVolume
+
+pytestmark = pytest.mark.backends
+
+SPACING = (2.5, 1.0, 1.0)
+NODULES_ZYX_MM = [(40.0, 100.0, 70.0), (55.0, 130.0, 185.0), (30.0, 90.0, 170.0)]
+NODULE_RADIUS_MM = 5.0
+
+
+def toy_chest():
+    """Body ellipse, two lungs, three 10 mm nodules at known places; 1 mm in-plane, 2.5 mm slices."""
+    shape = (36, 220, 260)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, SPACING)], indexing="ij")
+    hu = np.full(shape, -1000, np.int16)
+    body = ((y - 110) / 95) ** 2 + ((x - 130) / 120) ** 2 <= 1
+    hu[body] = 30
+    for cx in (75.0, 185.0):
+        lung = ((y - 110) / 70) ** 2 + ((x - cx) / 42) ** 2 + ((z - 45) / 38) ** 2 <= 1
+        hu[lung] = -850
+    for cz, cy, cx in NODULES_ZYX_MM:
+        hu[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= NODULE_RADIUS_MM ** 2] = 40
+    vol = CTVolume(hu, SPACING, origin=(-130.0, -110.0, -200.0), patient_id="TOY", series_uid="1.2.3.toy")
+    truth = vol.voxel_to_world(np.array(NODULES_ZYX_MM) / np.array(SPACING))
+    return vol, truth
+
+
+def toy_segmenter(x):
+    """Marks small dense blobs in the middle channel: a fixed function, not a network."""
+    mid = x[..., x.shape[-1] // 2] > (500.0 / 1400.0)
+    out = np.zeros(mid.shape + (1,), np.float32)
+    for i in range(len(mid)):
+        lab, n = ndimage.label(mid[i])
+        if n:
+            sizes = ndimage.sum(mid[i], lab, index=np.arange(1, n + 1))
+            small = np.flatnonzero(sizes < 400) + 1
+            out[i, ..., 0] = np.isin(lab, small)
+    return out
+
+
+def toy_classifier(inputs):
+    p = inputs["patch"]
+    c = p.shape[1] // 2
+    dense = p[:, c - 1:c + 1, c - 1:c + 1, c - 1:c + 1, 0].mean(axis=(1, 2, 3))
+    return {"nodule": dense[:, None], "malignancy": np.full((len(p), 1), 0.5, np.float32)}
+
+
+def test_pipeline_finds_the_nodules_with_toy_models():
+    vol, truth = toy_chest()
+    result = Pipeline(PipelineConfig(), segmenter=toy_segmenter, classifier=toy_classifier).run(vol)
+    c = result.candidates
+    assert len(c) == 3
+    for t in truth:
+        d = np.linalg.norm(c[["coordX", "coordY", "coordZ"]].to_numpy() - t, axis=1)
+        assert d.min() < 1.5
+        assert c.iloc[int(d.argmin())]["diameter_mm"] == pytest.approx(2 * NODULE_RADIUS_MM, rel=0.2)
+    assert {"seg_prob", "nodule_prob", "malignancy_prob", "patient_id"} <= set(c.columns)
+    assert result.cancer_probability == pytest.approx(aggregate(c, top_k=5, p_leak=0.02))
+    assert set(result.timings) == {"lungmask", "candidates", "morphology", "fpr", "aggregate"}
+    assert result.config == PipelineConfig().to_dict() and len(result.config_hash) == 16
+    assert result.geometry["spacing_zyx_mm"] == list(SPACING)
+    assert 0.2 < result.lung_volume_ml / 1000 < 2.0
+
+
+def test_a_failing_stage_is_named():
+    vol, _ = toy_chest()
+
+    def broken(_):
+        raise RuntimeError("boom")
+
+    with pytest.raises(StageError, match=r"stage 'fpr', series 1\.2\.3\.toy: RuntimeError: boom"):
+        Pipeline(segmenter=toy_segmenter, classifier=broken).run(vol)
+
+
+def test_no_lungs_falls_back_with_a_warning():
+    hu = np.full((10, 64, 64), 40, np.int16)
+    vol = CTVolume(hu, (5.0, 1.0, 1.0), (0.0, 0.0, 0.0), series_uid="water")
+    result = Pipeline(segmenter=toy_segmenter, classifier=toy_classifier).run(vol)
+    assert result.warnings and result.meta["lungmask_fallback"] is True
+    assert result.cancer_probability == pytest.approx(0.02)
+
+
+def test_pipeline_with_real_keras_models(tmp_path):
+    """Untrained but real .keras files, loaded by path from a pipeline file (safe_mode)."""
+    keras = pytest.importorskip("keras")
+    from lungcad.fpr import build_fpr_model
+    from lungcad.models import build_model
+
+    seg = build_model("unet2d", input_shape=(None, None, 3), classes=1, classifier_activation="sigmoid",
+                      depth=2, base_filters=4)
+    seg.save(tmp_path / "seg.keras")
+    clf = build_fpr_model(patch_size=16, backbone_kwargs={"depth": 10, "width": 1})
+    clf.save(tmp_path / "clf.keras")
+    toml = tmp_path / "p.toml"
+    toml.write_text('[candidates]\nweights = "seg.keras"\ntile = 4\n'
+                    '[fpr]\nweights = "clf.keras"\npatch_size = 16\n'
+                    '[morphology]\nthreshold = 0.0\n')
+    vol, _ = toy_chest()
+    result = Pipeline.from_toml(toml).run(vol)
+    assert result.versions["keras_backend"] == keras.backend.backend()
+    c = result.candidates
+    assert len(c) >= 1
+    assert c["nodule_prob"].between(0, 1).all() and c["malignancy_prob"].between(0, 1).all()
+    assert (np.diff(c["probability"].to_numpy()) <= 0).all()
