@@ -37,3 +37,14 @@ def petct_dir(real_data) -> Path:
     if not d.is_dir():
         pytest.skip(f"Lung-PET-CT-Dx scans not found at {d}")
     return d
+
+
+#: Test modules that CI runs a second time under KERAS_BACKEND=jax (`pytest -m backends`):
+#: the zoo and the pipeline.
+BACKEND_MODULES = ("test_models_", "test_pipeline", "test_candidates", "test_fpr")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.startswith(BACKEND_MODULES):
+            item.add_marker(pytest.mark.backends)

@@ -9,7 +9,6 @@ from lungcad.errors import StageError
 from lungcad.pipeline import Pipeline
 from lungcad.volume import CTVolume
 
-pytestmark = pytest.mark.backends
 
 SPACING = (2.5, 1.0, 1.0)
 NODULES_ZYX_MM = [(40.0, 100.0, 70.0), (55.0, 130.0, 185.0), (30.0, 90.0, 170.0)]

@@ -77,6 +77,14 @@ def run(args) -> int:
         print(f"lungcad detect: error: --batch-size must be >= 1. Received {args.batch_size}", file=sys.stderr)
         return 2
     _set_backend(args)
+    try:
+        import keras  # noqa: F401  (imports the backend named by KERAS_BACKEND)
+    except ImportError as e:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        print(f"lungcad detect: error: the Keras backend '{backend}' is not installed ({e}). "
+              f"Install it (e.g. pip install {backend}) or choose another with --backend.",
+              file=sys.stderr)
+        return 1
     from lungcad.api import detect
 
     summary = detect(args.input, args.output, pipeline=args.pipeline, batch_size=args.batch_size,
