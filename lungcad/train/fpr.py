@@ -1,0 +1,269 @@
+"""Training the false-positive-reduction network (``lungcad train fpr``).
+
+The network is :func:`lungcad.fpr.build_fpr_model`: a zoo backbone (WideResNet-3D by
+default) with two heads.  The ``nodule`` head learns lesions against non-nodules; the
+``malignancy`` head learns the malignancy target of lesions only (sample weight 0
+elsewhere).  When a segmenter is given, its candidates on the training scans that hit no
+lesion become *hard negatives*, and DSB2017 patient labels become weak lesion labels
+(:func:`lungcad.train.data.apply_patient_labels`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+import keras
+
+from lungcad.config import PipelineConfig
+from lungcad.fpr import MALIGNANCY, NODULE, build_fpr_model
+from lungcad.train.common import (TrainResult, TrainSettings, detect_candidates, fit, last_metrics,
+                                  make_card, match_candidates, roc_auc, write_outputs)
+from lungcad.train.data import Case, CaseLike, CaseRef, apply_patient_labels, drop_near, split_by_patient
+from lungcad.train.datasets import FPRDataset
+
+#: Backbone keywords of the shipped classifier (WRN-10-1).
+DEFAULT_WRN = {"depth": 10, "width": 1, "dropout": 0.0}
+
+
+def mine_candidates(cases: Sequence[CaseLike], segmenter, *, config: PipelineConfig,
+                    verbose: bool = False) -> dict[str, pd.DataFrame]:
+    """The segmenter's candidate table of every case, by patient id (as inference finds them)."""
+    out = {}
+    it = cases
+    if verbose:
+        from tqdm.auto import tqdm
+
+        it = tqdm(cases, desc="mining candidates", unit="case", leave=False)
+    for ref in it:
+        case = ref.load()
+        out[case.patient_id] = detect_candidates(case.volume, segmenter, config)
+    return out
+
+
+def hard_negatives(case: Case, candidates: pd.DataFrame, *, max_per_case: int = 24) -> pd.DataFrame:
+    """Candidates of a case that hit no lesion, with a safety margin, the most probable first.
+
+    A candidate is dropped when it lies within ``max(1.5 r, r + 5 mm)`` of a lesion of
+    radius r, so that fragments of a lesion are not taught as non-nodules.  Cases whose
+    lesions are not all known (DSB2017 patients) give none.
+    """
+    if not math.isnan(case.patient_label) and not (case.lesions["nodule"] == 1).any():
+        return candidates.iloc[0:0]
+    les = case.lesions
+    c = drop_near(candidates, les, margin_mm=5.0)
+    c = drop_near(c, les, scale=1.5)
+    return c.sort_values("probability", ascending=False).head(int(max_per_case)).reset_index(drop=True)
+
+
+def _with_weak_labels(cases: Sequence[CaseLike], mined: dict[str, pd.DataFrame]) -> list[CaseLike]:
+    out = []
+    for c in cases:
+        cands = mined.get(c.patient_id)
+        if cands is None:
+            out.append(c)
+        elif isinstance(c, Case):
+            out.append(apply_patient_labels(c, c.patient_label, weak_candidates=cands)
+                       if not math.isnan(c.patient_label) else c)
+        else:
+            def load(c=c, cands=cands):
+                case = c.load()
+                return (apply_patient_labels(case, case.patient_label, weak_candidates=cands)
+                        if not math.isnan(case.patient_label) else case)
+            out.append(CaseRef(patient_id=c.patient_id, loader=load, source=c.source,
+                               description=c.description))
+    return out
+
+
+def fpr_datasets(train_cases, val_cases, *, config: PipelineConfig, settings: TrainSettings,
+                 hard: dict[str, pd.DataFrame] | None, positive_fraction: float = 0.5):
+    """The training and validation :class:`FPRDataset` for a pipeline config."""
+    f, lm = config.fpr, config.lungmask
+    common = dict(patch_size=f.patch_size, patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
+                  window_hu=f.window_hu, batch_size=settings.batch_size, hard_negatives=hard,
+                  positive_fraction=positive_fraction, margin_mm=lm.margin_mm,
+                  threshold_hu=lm.threshold_hu, max_cases_in_memory=settings.max_cases_in_memory,
+                  verbose=settings.verbose == 1)
+    train = FPRDataset(train_cases, steps=settings.steps_per_epoch, augment=True, seed=settings.seed,
+                       workers=settings.workers, **common)
+    val = (FPRDataset(val_cases, steps=settings.val_steps, augment=False, seed=settings.seed + 1, **common)
+           if val_cases else None)
+    return train, val
+
+
+def predict_dataset(model, data: FPRDataset) -> pd.DataFrame:
+    """Predictions and targets of every sample of a (non-augmented) dataset."""
+    rows = []
+    for i in range(len(data)):
+        x, y, w = data[i]
+        p = model.predict_on_batch(x)
+        s = data.samples(i)
+        s["nodule_prob"] = np.asarray(p[NODULE], dtype=float).reshape(-1)
+        s["malignancy_prob"] = np.asarray(p[MALIGNANCY], dtype=float).reshape(-1)
+        rows.append(s)
+    return pd.concat(rows, ignore_index=True)
+
+
+def evaluate_fpr(model, cases: Sequence[CaseLike], *, config: PipelineConfig | None = None,
+                 steps: int = 20, batch_size: int = 32, seed: int = 12345, segmenter=None) -> dict:
+    """Held-out quality of the FPR network.
+
+    * patch level: ROC AUC of the nodule head for lesions against each kind of negative
+      (known negatives such as vessel crossings, random lung points) and all together;
+      ROC AUC of the malignancy head among lesions with a binary malignancy label;
+    * with ``segmenter``: the whole pipeline on each case (:class:`lungcad.pipeline.Pipeline`):
+      candidate-level AUC (candidates within a lesion's radius against the others), the
+      share of lesions hit within the top 3 and top 10 candidates, and the patient-level
+      AUC of the cancer probability against the phantoms' cancer labels.
+    """
+    config = config or PipelineConfig()
+    f = config.fpr
+    loaded = [c.load() for c in cases]
+    data = FPRDataset(loaded, patch_size=f.patch_size, patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
+                      window_hu=f.window_hu, batch_size=batch_size, steps=steps, augment=False, seed=seed,
+                      margin_mm=config.lungmask.margin_mm, threshold_hu=config.lungmask.threshold_hu)
+    pred = predict_dataset(model, data)
+    out: dict = {"n_scans": len(loaded), "n_patches": int(len(pred))}
+    les = pred[pred["kind"] == "lesion"]
+    out["patch_auc"] = roc_auc(pred["nodule"], pred["nodule_prob"])
+    for kind in ("known", "random"):
+        neg = pred[pred["kind"] == kind]
+        out[f"patch_auc_vs_{kind}"] = roc_auc(np.r_[np.ones(len(les)), np.zeros(len(neg))],
+                                              np.r_[les["nodule_prob"], neg["nodule_prob"]])
+    mal = les[les["malignancy_weight"] > 0]
+    out["malignancy_auc"] = roc_auc(mal["malignancy"], mal["malignancy_prob"]) if len(mal) else None
+    if segmenter is not None:
+        out.update(_pipeline_metrics(loaded, segmenter=segmenter, classifier=model, config=config))
+    return out
+
+
+def _pipeline_metrics(cases: Sequence[Case], *, segmenter, classifier, config) -> dict:
+    from lungcad.pipeline import Pipeline
+
+    pipe = Pipeline(config, segmenter=segmenter, classifier=classifier)
+    labels, probs, scores, hits, top3, top10, n_les = [], [], [], [], 0, 0, 0
+    for case in cases:
+        res = pipe.run(case.volume)
+        cands = res.candidates
+        les = case.lesions[case.lesions["nodule"] == 1]
+        hit, fp = match_candidates(cands, les)
+        scores += list(cands["probability"]) if len(cands) else []
+        hits += list(~fp) if len(cands) else []
+        n_les += len(les)
+        for k, store in ((3, "top3"), (10, "top10")):
+            h, _ = match_candidates(cands.head(k), les)
+            if store == "top3":
+                top3 += int(h.sum())
+            else:
+                top10 += int(h.sum())
+        labels.append(case.patient_label)
+        probs.append(res.cancer_probability)
+    lab = np.asarray(labels, dtype=float)
+    ok = ~np.isnan(lab)
+    return {"candidate_auc": roc_auc(np.asarray(hits, float), scores) if scores else None,
+            "lesions_in_top3": top3 / n_les if n_les else None,
+            "lesions_in_top10": top10 / n_les if n_les else None,
+            "patient_auc": roc_auc(lab[ok], np.asarray(probs)[ok]) if ok.sum() else None,
+            "patient_probabilities": [round(float(p), 4) for p in probs],
+            "patient_labels": [None if math.isnan(v) else int(v) for v in lab]}
+
+
+def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None,
+              settings: TrainSettings | None = None, backbone: str = "wrn3d",
+              backbone_kwargs: dict | None = None, head_units: int = 64, dropout: float = 0.3,
+              malignancy_weight: float = 0.5, segmenter=None, max_hard_per_case: int = 24,
+              mine_cases: int | None = None,
+              positive_fraction: float = 0.5, out: str | Path | None = None,
+              run_dir: str | Path = "runs/fpr", resume: bool = False,
+              holdout: Sequence[CaseLike] | None = None, data_info: dict | None = None,
+              command: str | None = None) -> TrainResult:
+    """Train the FPR network (nodule and malignancy heads) and write it with its model card.
+
+    Parameters
+    ----------
+    cases : Case or CaseRef objects (see :mod:`lungcad.train.data`)
+    config : the pipeline whose FPR preprocessing the network is trained for
+    settings : epochs, steps, batch size, seed... (:class:`TrainSettings`)
+    backbone, backbone_kwargs : the zoo backbone (default WRN-3D depth 10, width 1)
+    head_units, dropout : the heads of :func:`lungcad.fpr.build_fpr_model`
+    malignancy_weight : weight of the malignancy loss against the nodule loss
+    segmenter : a candidate U-Net; its candidates give hard negatives and weak labels
+    max_hard_per_case : hard negatives kept per scan
+    mine_cases : run the segmenter on this many scans (drawn with the seed) rather than all:
+        the U-Net over whole scans is the slow part of mining on a CPU
+    out : the ``.keras`` file to write (and ``<name>.card.json`` beside it); None writes none
+    run_dir, resume, holdout, data_info, command : as for
+        :func:`lungcad.train.segmenter.train_segmenter`; with a segmenter the held-out
+        metrics include the whole pipeline's candidate and patient AUC
+    """
+    config = config or PipelineConfig()
+    settings = settings or TrainSettings(batch_size=32)
+    settings.check()
+    keras.utils.set_random_seed(settings.seed)
+    bkw = {**DEFAULT_WRN, **(backbone_kwargs or {})}
+    if settings.max_cases_in_memory is None:
+        cases = [c.load() for c in cases]      # phantoms are made once, for mining and training
+    hard: dict[str, pd.DataFrame] = {}
+    n_hard = 0
+    if segmenter is not None:
+        to_mine = list(cases)
+        if mine_cases is not None and mine_cases < len(to_mine):
+            pick = np.random.default_rng([settings.seed, 17]).choice(len(to_mine), int(mine_cases), replace=False)
+            to_mine = [to_mine[i] for i in sorted(pick)]
+        mined = mine_candidates(to_mine, segmenter, config=config, verbose=settings.verbose == 1)
+        cases = _with_weak_labels(cases, mined)
+        for c in cases:
+            if c.patient_id in mined:
+                hard[c.patient_id] = hard_negatives(c.load(), mined[c.patient_id],
+                                                    max_per_case=max_hard_per_case)
+                n_hard += len(hard[c.patient_id])
+    train_cases, val_cases = split_by_patient(cases, val_fraction=settings.val_fraction, seed=settings.seed)
+    train_ds, val_ds = fpr_datasets(train_cases, val_cases, config=config, settings=settings, hard=hard,
+                                    positive_fraction=positive_fraction)
+    f = config.fpr
+
+    def build():
+        return build_fpr_model(backbone=backbone, patch_size=f.patch_size, backbone_kwargs=bkw,
+                               head_units=head_units, dropout=dropout)
+
+    def compile_model(m, optimizer=None):
+        m.compile(optimizer=optimizer or keras.optimizers.Adam(settings.learning_rate),
+                  loss={NODULE: "binary_crossentropy", MALIGNANCY: "binary_crossentropy"},
+                  loss_weights={NODULE: 1.0, MALIGNANCY: float(malignancy_weight)},
+                  metrics={NODULE: [keras.metrics.AUC(name="auc")],
+                           MALIGNANCY: [keras.metrics.AUC(name="auc")]})
+
+    net, history, info = fit(build=build, compile_model=compile_model, train_data=train_ds,
+                             val_data=val_ds, settings=settings, run_dir=Path(run_dir), resume=resume,
+                             command=command)
+    metrics = last_metrics(history, info["best_epoch"])
+    if val_ds is not None:
+        pred = predict_dataset(net, val_ds)
+        metrics["val_nodule_auc"] = roc_auc(pred["nodule"], pred["nodule_prob"])
+        mal = pred[pred["malignancy_weight"] > 0]
+        metrics["val_malignancy_auc"] = roc_auc(mal["malignancy"], mal["malignancy_prob"]) if len(mal) else None
+    if holdout:
+        metrics["holdout"] = evaluate_fpr(net, holdout, config=config, segmenter=segmenter,
+                                          seed=settings.seed + 2)
+    data = dict(data_info or {})
+    data.update({"n_patients_train": len({x.patient_id for x in train_cases}),
+                 "n_patients_val": len({x.patient_id for x in val_cases}),
+                 "val_patients": sorted({x.patient_id for x in val_cases}),
+                 "hard_negatives": n_hard, "mined_scans": len(hard), "n_holdout": len(holdout or [])})
+    card = make_card(
+        name="fpr", task="false-positive reduction: nodule and malignancy probabilities of a candidate",
+        model=net,
+        architecture={"backbone": backbone, "backbone_kwargs": bkw, "head_units": head_units,
+                      "dropout": dropout, "inputs": {"patch": [f.patch_size] * 3 + [1], "scale": [1]},
+                      "outputs": [NODULE, MALIGNANCY]},
+        preprocessing={"patch_size": f.patch_size, "patch_mm": f.patch_mm, "fit_fraction": f.fit_fraction,
+                       "window_hu": list(f.window_hu), "positive_fraction": positive_fraction,
+                       "malignancy_loss_weight": malignancy_weight},
+        data=data, settings=settings, fit_info=info, metrics=metrics, command=command)
+    out_path, card_path = write_outputs(net, card, Path(out) if out else None, build=build)
+    return TrainResult(model=net, card=card, history=history, out=out_path, card_path=card_path,
+                       extra={"train_patients": sorted({x.patient_id for x in train_cases}),
+                              "val_patients": sorted({x.patient_id for x in val_cases})})

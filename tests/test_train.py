@@ -1,0 +1,393 @@
+"""Tests of lungcad.train and ``lungcad train``: data sources, datasets, and real tiny trainings."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungcad.candidates import prepare_slices
+from lungcad.config import PipelineConfig
+from lungcad.volume import CTVolume
+
+keras = pytest.importorskip("keras")
+
+from lungcad.train import data as D  # noqa: E402
+from lungcad.train.datasets import FPRDataset, SegmenterDataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+#: Tiny phantoms: 320 mm field of view at 2.5 mm pixels, 8 mm slices (about 45 x 128 x 128).
+TINY = '{"shape": [null, 128, 128], "spacing": [8.0, 2.5, 2.5]}'
+LESION_HU, LUNG_HU = 30, -850
+
+
+def toy_case(seed: int, *, diameter: float = 12.0, spacing=(2.5, 1.5, 1.5)) -> D.Case:
+    """Two elliptic lungs in soft tissue, one bright sphere in the left lung, one known negative."""
+    rng = np.random.default_rng(seed)
+    hu = np.full((40, 160, 160), 40, np.int16)
+    _, yy, xx = np.mgrid[:40, :160, :160]
+    lung = (((yy - 80) / 60.0) ** 2 + ((xx - 45) / 30.0) ** 2 < 1) | \
+           (((yy - 80) / 60.0) ** 2 + ((xx - 115) / 30.0) ** 2 < 1)
+    hu[lung] = LUNG_HU
+    hu = (hu + rng.normal(0, 10, hu.shape)).astype(np.int16)
+    vol = CTVolume(hu, spacing=spacing, origin=(-120.0, -120.0, 0.0), patient_id=f"toy{seed}")
+    centre = vol.voxel_to_world([20, 80 + rng.integers(-10, 10), 45])
+    les = D.lesion_table([{"coordX": centre[0], "coordY": centre[1], "coordZ": centre[2],
+                           "diameter_mm": diameter, "nodule": 1.0, "malignancy": 0.8}])
+    mask = D.sphere_mask(vol, les)
+    vol.hu[mask] = LESION_HU
+    neg = vol.voxel_to_world([20, 80, 115])
+    negs = D.negative_table([{"coordX": neg[0], "coordY": neg[1], "coordZ": neg[2], "diameter_mm": 5.0}])
+    return D.Case(vol, les, negs, lesion_mask=mask, lung_mask=lung)
+
+
+@pytest.fixture(scope="module")
+def toys():
+    return [toy_case(i) for i in range(3)]
+
+
+def _ref(pid: str, i: int) -> D.CaseRef:
+    return D.CaseRef(patient_id=pid, loader=lambda: None, description=f"scan {i}")
+
+
+# ------------------------------------------------------------------------------ split
+
+def test_split_by_patient_has_no_overlap_and_keeps_scans_together():
+    refs = [_ref(f"P{i:02d}", 0) for i in range(10)] + [_ref("P03", 1), _ref("P07", 1)]
+    train, val = D.split_by_patient(refs, val_fraction=0.3, seed=4)
+    tp, vp = {c.patient_id for c in train}, {c.patient_id for c in val}
+    assert tp.isdisjoint(vp)
+    assert len(vp) == 3 and len(tp) == 7
+    assert len(train) + len(val) == len(refs)
+    for pid in ("P03", "P07"):       # both scans of a patient on the same side
+        assert sum(c.patient_id == pid for c in train) in (0, 2)
+    again = D.split_by_patient(refs, val_fraction=0.3, seed=4)[1]
+    assert [c.patient_id for c in again] == [c.patient_id for c in val]
+    assert {c.patient_id for c in D.split_by_patient(refs, val_fraction=0.3, seed=5)[1]} != vp
+
+
+def test_split_edge_cases():
+    refs = [_ref("A", 0), _ref("B", 0)]
+    assert D.split_by_patient(refs, val_fraction=0.0)[1] == []
+    train, val = D.split_by_patient(refs, val_fraction=0.01)     # at least one patient
+    assert len(val) == 1 and len(train) == 1
+    assert D.split_by_patient([_ref("A", 0), _ref("A", 1)], val_fraction=0.5)[1] == []
+    with pytest.raises(ValueError, match="val_fraction"):
+        D.split_by_patient(refs, val_fraction=1.0)
+
+
+# ------------------------------------------------------------------------ sphere targets
+
+def test_sphere_mask_on_thick_slices_keeps_small_nodules():
+    vol = CTVolume(np.zeros((20, 100, 100), np.int16), spacing=(5.0, 0.7, 0.7), origin=(0.0, 0.0, 0.0))
+    # a 6 mm nodule centred between slices 10 and 11 (z = 52.5 mm)
+    les = D.lesion_table([{"coordX": 35.0, "coordY": 35.0, "coordZ": 52.5, "diameter_mm": 6.0,
+                           "nodule": 1.0, "malignancy": np.nan}])
+    m = D.sphere_mask(vol, les)
+    assert sorted(set(np.nonzero(m)[0])) == [10, 11]
+    area = m[10].sum() * 0.7 * 0.7               # the slab holds the full 6 mm cross-section
+    assert area == pytest.approx(np.pi * 9.0, rel=0.15)
+    # a 20 mm sphere on 1 mm slices: the volume of a sphere grown by half a slice in z
+    vol = CTVolume(np.zeros((40, 60, 60), np.int16), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    les = D.lesion_table([{"coordX": 30.0, "coordY": 30.0, "coordZ": 20.0, "diameter_mm": 20.0,
+                           "nodule": 1.0, "malignancy": np.nan}])
+    n = D.sphere_mask(vol, les).sum()
+    assert 4 / 3 * np.pi * 1000 < n < 4 / 3 * np.pi * 1000 * 1.25
+
+
+# ------------------------------------------------------------------------ segmenter data
+
+def test_segmenter_dataset_shapes_balance_and_alignment(toys):
+    ds = SegmenterDataset(toys, tile=64, batch_size=10, steps=20, positive_fraction=0.6, seed=3)
+    n_pos = n = 0
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (10, 64, 64, 3) and x.dtype == np.float32
+        assert y.shape == (10, 64, 64, 1) and y.dtype == np.float32
+        assert set(np.unique(y)) <= {0.0, 1.0}
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        has = y.reshape(10, -1).max(axis=1) > 0
+        n_pos += int(has.sum())
+        n += 10
+        for b in np.flatnonzero(has):        # the label sits on the bright lesion after flips,
+            t = y[b, ..., 0] > 0               # rotations and scaling
+            cy, cx = np.argwhere(t).mean(axis=0).round().astype(int)
+            lesion = (LESION_HU + 1000) / 1400.0
+            assert x[b, cy, cx, 1] > lesion - 0.15
+            assert np.median(x[b, ..., 1][t]) > lesion - 0.15   # edges mix lesion and lung
+            ring = (np.abs(np.arange(64)[:, None] - cy) < 20) & (np.abs(np.arange(64)[None, :] - cx) < 20) & ~t
+            assert x[b, ..., 1][ring].mean() < x[b, ..., 1][t].mean() - 0.2
+    assert n_pos / n == pytest.approx(0.6, abs=0.01)
+    # a new epoch gives new tiles; validation data (no augmentation) does not change
+    x0 = ds[0][0]
+    ds.on_epoch_end()
+    assert not np.array_equal(ds[0][0], x0)
+    val = SegmenterDataset(toys, tile=64, batch_size=4, steps=2, augment=False, seed=3)
+    v0 = val[1][0]
+    val.on_epoch_end()
+    np.testing.assert_array_equal(val[1][0], v0)
+
+
+def test_segmenter_tiles_are_prepare_slices_crops(toys):
+    """Without augmentation a tile is a crop of what inference feeds the U-Net."""
+    case = toys[0]
+    ds = SegmenterDataset([case], tile=64, batch_size=2, steps=1, augment=False, margin_mm=10.0)
+    ent = ds.pool.entries[0]
+    from lungcad.train.datasets import lung_box_of
+
+    box, _ = lung_box_of(case, margin_mm=10.0)
+    ref, _ = prepare_slices(case.volume.hu[:, box[1], box[2]], spacing=case.volume.spacing,
+                            context_slices=1, pixel_mm=1.25, window_hu=(-1000.0, 400.0), tile=1)
+    lo = max(box[0].start - 1, 0)          # the dataset keeps one slice of context below the box
+    img, tgt = ds._tile(ent, 20 - lo, 60, 70, np.random.default_rng(0))
+    np.testing.assert_allclose(img, ref[20, 28:92, 38:102], atol=2e-3)
+    assert tgt.shape == (64, 64) and tgt.sum() > 0       # the lesion (y 80 +- 10, x 45 at 1.5 mm) is there
+
+
+# ------------------------------------------------------------------------------ FPR data
+
+def test_fpr_dataset_shapes_balance_weights_and_alignment(toys):
+    ds = FPRDataset(toys, batch_size=16, steps=30, seed=2)
+    targets, kinds = [], []
+    for i in range(len(ds)):
+        x, y, w = ds[i]
+        assert x["patch"].shape == (16, 32, 32, 32, 1) and x["patch"].dtype == np.float32
+        assert x["scale"].shape == (16, 1) and x["scale"].dtype == np.float32
+        assert y["nodule"].shape == (16, 1) and y["malignancy"].shape == (16, 1)
+        assert w["nodule"].shape == (16,) and w["malignancy"].shape == (16,)
+        assert not any(np.isnan(v).any() for v in (*y.values(), *w.values()))
+        pos = y["nodule"][:, 0] == 1
+        assert pos.sum() == 8                                   # 1:1 in every batch
+        np.testing.assert_array_equal(w["malignancy"], pos.astype(np.float32))  # lesions only
+        np.testing.assert_allclose(y["malignancy"][pos, 0], 0.8)
+        p = x["patch"][..., 0]
+        centre = p[:, 14:18, 14:18, 14:18].mean(axis=(1, 2, 3))
+        # a 12 mm lesion at 1 mm per voxel, jittered by at most 2 mm: its core stays centred
+        assert np.all(centre[pos] > (LESION_HU + 1000) / 1400.0 - 0.15)
+        np.testing.assert_allclose(x["scale"][pos, 0], 0.0, atol=1e-6)   # 12 mm nodules: 1 mm/voxel
+        targets.append(y["nodule"][:, 0])
+        kinds += list(ds.samples(i)["kind"])
+    assert np.mean(np.concatenate(targets)) == 0.5
+    counts = pd.Series(kinds).value_counts()
+    assert counts["known"] > 0 and counts["random"] > 0 and "hard" not in counts
+
+
+def test_fpr_dataset_masses_get_coarser_patches_and_hard_negatives():
+    case = toy_case(7, diameter=50.0, spacing=(5.0, 1.5, 1.5))
+    hard = {case.patient_id: pd.DataFrame({"coordX": [20.0], "coordY": [0.0], "coordZ": [50.0],
+                                           "diameter_mm": [8.0], "probability": [0.9]})}
+    ds = FPRDataset([case], batch_size=8, steps=10, augment=False, seed=1, hard_negatives=hard)
+    s = pd.concat([ds.samples(i) for i in range(10)])
+    assert (s["kind"] == "hard").sum() > 0
+    x, y, _ = ds[0]
+    scale = x["scale"][y["nodule"][:, 0] == 1, 0]
+    np.testing.assert_allclose(scale, np.log2(50.0 / (0.7 * 32)), rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------- loss
+
+@pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])
+def test_lesion_loss_weighs_lesion_pixels_by_balance(balance):
+    from lungcad.train.common import LesionLoss, lesion_loss
+
+    y = np.zeros((2, 10, 10, 1), np.float32)
+    y[0, :2, :5] = 1.0                          # 10 lesion pixels, 90 background; tile 2 empty
+    p = np.full(y.shape, 0.5, np.float32)
+    ln2 = np.log(2.0)
+    dice0 = 1.0 - (2 * 5 + 1) / (10 + 50 + 1)
+    expect0 = ln2 + (10 / 90) ** (1 - balance) * ln2 + 0.5 * dice0
+    got = float(LesionLoss(balance=balance)(y, p))
+    assert got == pytest.approx((expect0 + ln2) / 2, rel=1e-5)
+    if balance == 1.0:
+        assert float(keras.ops.mean(lesion_loss(y, p))) == pytest.approx(got, rel=1e-6)
+
+
+# ------------------------------------------------------------------------ patient labels
+
+def test_apply_patient_labels():
+    vol = CTVolume(np.zeros((4, 8, 8), np.int16), spacing=(1, 1, 1), origin=(0, 0, 0), patient_id="p")
+    les = D.lesion_table([{"coordX": 1, "coordY": 1, "coordZ": 1, "diameter_mm": 5, "nodule": 1,
+                           "malignancy": np.nan},
+                          {"coordX": 5, "coordY": 5, "coordZ": 2, "diameter_mm": 12, "nodule": 1,
+                           "malignancy": np.nan}])
+    case = D.Case(vol, les)
+    pos = D.apply_patient_labels(case, 1.0)
+    assert pos.patient_label == 1.0
+    assert pos.lesions["malignancy"].tolist()[1] == 1.0 and math.isnan(pos.lesions["malignancy"][0])
+    neg = D.apply_patient_labels(case, 0.0)
+    assert neg.lesions["malignancy"].tolist() == [0.0, 0.0]
+    cands = pd.DataFrame({"coordX": [1.0, 2.0, 3.0, 4.0], "coordY": 0.0, "coordZ": 0.0,
+                          "diameter_mm": 6.0, "probability": [0.2, 0.9, 0.5, 0.7]})
+    weak = D.apply_patient_labels(D.Case(vol), 1.0, weak_candidates=cands)
+    assert weak.lesions[["coordX", "malignancy"]].values.tolist() == [[2.0, 1.0]]
+    assert math.isnan(weak.lesions["nodule"][0])               # does not train the nodule head
+    weak0 = D.apply_patient_labels(D.Case(vol), 0.0, weak_candidates=cands)
+    assert weak0.lesions["coordX"].tolist() == [2.0, 4.0, 3.0] and (weak0.lesions["malignancy"] == 0).all()
+
+
+def test_hard_negatives_keep_clear_of_lesions(toys):
+    from lungcad.train.fpr import hard_negatives
+
+    case = toys[0]
+    c = case.lesions.iloc[0]
+    cands = pd.DataFrame({"coordX": [c.coordX + 2, c.coordX + 9, c.coordX + 40], "coordY": c.coordY,
+                          "coordZ": c.coordZ, "diameter_mm": 5.0, "probability": [0.9, 0.8, 0.7]})
+    out = hard_negatives(case, cands)
+    assert out["coordX"].tolist() == [c.coordX + 40]          # r + 5 mm = 11 mm is too close
+
+
+# --------------------------------------------------------------------------- data sources
+
+def test_luna16_cases(tmp_path, toys):
+    from lungcad.io import write_itk
+
+    case = toys[1]
+    uid = "1.2.3.4"
+    vol = CTVolume(case.volume.hu, spacing=case.volume.spacing, origin=case.volume.origin,
+                   patient_id=uid, series_uid=uid)
+    write_itk(vol, tmp_path / "subset0" / f"{uid}.mhd")
+    les = case.lesions.iloc[0]
+    pd.DataFrame({"seriesuid": [uid], "coordX": [les.coordX], "coordY": [les.coordY], "coordZ": [les.coordZ],
+                  "diameter_mm": [12.0]}).to_csv(tmp_path / "annotations.csv", index=False)
+    far = case.volume.voxel_to_world([20, 80, 115])
+    exc = case.volume.voxel_to_world([10, 60, 115])
+    pd.DataFrame({"seriesuid": [uid, uid, uid, uid, "other"],
+                  "coordX": [les.coordX + 3, far[0], exc[0] + 1, les.coordX, 0.0],
+                  "coordY": [les.coordY, far[1], exc[1], les.coordY, 0.0],
+                  "coordZ": [les.coordZ, far[2], exc[2], les.coordZ, 0.0],
+                  "class": [0, 0, 0, 1, 0]}).to_csv(tmp_path / "candidates_V2.csv", index=False)
+    pd.DataFrame({"seriesuid": [uid], "coordX": [exc[0]], "coordY": [exc[1]], "coordZ": [exc[2]],
+                  "diameter_mm": [6.0]}).to_csv(tmp_path / "annotations_excluded.csv", index=False)
+    refs = D.luna16_cases(tmp_path)
+    assert [r.patient_id for r in refs] == [uid]
+    c = refs[0].load()
+    assert len(c.lesions) == 1 and math.isnan(c.lesions["malignancy"][0]) and c.lesions["nodule"][0] == 1
+    assert len(c.negatives) == 1                       # near the nodule and near the excluded: dropped
+    np.testing.assert_allclose(c.negatives[["coordX", "coordY", "coordZ"]].values[0], far, atol=1e-3)
+    target = c.segmentation_target()
+    assert target.sum() == case.lesion_mask.sum()      # the sphere of the annotated diameter
+
+
+def test_synth_dir_cases(tmp_path):
+    from lungcad.synthetic import synth_dataset
+
+    lesions = synth_dataset(tmp_path, patients=1, seed=3, layout="luna16", size=128, slice_mm=8.0,
+                            n_nodules=2, n_masses=0)
+    refs = D.synth_dir_cases(tmp_path)
+    assert len(refs) == 1
+    case = refs[0].load()
+    big = lesions[lesions["diameter_mm"] >= 3.0]
+    assert int((case.lesions["nodule"] == 1).sum()) == len(big)
+    np.testing.assert_allclose(np.sort(case.lesions["malignancy"].dropna()), np.sort(big["malignancy_prob"]))
+    assert len(case.negatives) > 0 and case.patient_label in (0.0, 1.0)
+
+
+@pytest.mark.real
+def test_lidc_cases_real(lidc_dir):
+    refs = D.lidc_cases(lidc_dir)
+    assert len(refs) == 1 and refs[0].patient_id == "LIDC-IDRI-0003"
+    case = refs[0].load()
+    les = case.lesions.sort_values("diameter_mm", ascending=False).reset_index(drop=True)
+    assert len(les) == 3                                  # the lesions of >= 3 of the 4 readers
+    assert les["diameter_mm"][0] == pytest.approx(31.0, abs=3.0)
+    assert les["malignancy"][0] == pytest.approx((4.25 - 1) / 4, abs=0.01)   # ratings 5, 5, 3, 4
+    assert les["malignancy"].between(0, 1).all()
+
+
+# ------------------------------------------------------------------------- trainings (CLI)
+
+def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "lungcad", "train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+TINY_DATA = ["--synthetic", "2", "--synthetic-seed", "5", "--phantom-kwargs", TINY, "--val-fraction", "0.5",
+             "--steps-per-epoch", "2", "--val-steps", "1", "--batch-size", "4", "--no-progress"]
+CARD_FIELDS = {"name", "task", "created", "command", "lungcad_version", "keras_version", "backend", "python",
+               "parameters", "architecture", "preprocessing", "data", "seed", "training", "metrics", "file"}
+
+
+@pytest.fixture(scope="module")
+def segmenter_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seg")
+    r = _train(["segmenter", *TINY_DATA, "--epochs", "2", "--tile", "64", "--depth", "2", "--base-filters", "4",
+                "--out", str(d / "segmenter.keras"), "--run-dir", str(d / "run")], cwd=d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d
+
+
+def test_cli_train_segmenter(segmenter_run):
+    d = segmenter_run
+    model = keras.saving.load_model(d / "segmenter.keras", safe_mode=True, compile=False)
+    x = np.random.default_rng(0).random((2, 48, 80, 3), dtype=np.float32)
+    y = np.asarray(model.predict(x, verbose=0))
+    assert y.shape == (2, 48, 80, 1) and 0 <= y.min() and y.max() <= 1
+    card = json.loads((d / "segmenter.card.json").read_text())
+    assert CARD_FIELDS <= set(card)
+    assert card["command"].startswith("lungcad train segmenter --synthetic 2")
+    assert card["parameters"] == model.count_params()
+    assert card["architecture"]["depth"] == 2 and card["architecture"]["base_filters"] == 4
+    assert card["data"]["n_patients_train"] == 1 and card["data"]["n_patients_val"] == 1
+    assert card["data"]["sources"][0]["seeds"] == [5, 6]
+    assert card["backend"] == "tensorflow" and card["training"]["epochs_done"] == 2
+    assert {"val_loss", "val_dice", "final_loss", "final_val_loss"} <= set(card["metrics"])
+    log = pd.read_csv(d / "run" / "log.csv")
+    assert log["epoch"].tolist() == [0, 1] and {"loss", "val_loss", "dice", "val_dice"} <= set(log)
+    assert (d / "run" / "best.keras").is_file() and (d / "run" / "last.keras").is_file()
+    assert card["file"]["bytes"] == (d / "segmenter.keras").stat().st_size
+
+
+def test_cli_train_segmenter_resume(segmenter_run, tmp_path):
+    """--resume goes on from epoch 2 of the checkpoint (in-process, through the same CLI code)."""
+    from lungcad.cli import main
+
+    d = segmenter_run
+    run2 = tmp_path / "run"
+    run2.mkdir()
+    for name in ("last.keras", "best.keras", "state.json", "log.csv"):
+        (run2 / name).write_bytes((d / "run" / name).read_bytes())
+    rc = main(["train", "segmenter", *TINY_DATA, "--epochs", "3", "--tile", "64", "--depth", "2",
+               "--base-filters", "4", "--out", str(tmp_path / "s.keras"), "--run-dir", str(run2), "--resume"])
+    assert rc == 0
+    log = pd.read_csv(run2 / "log.csv")
+    assert log["epoch"].tolist() == [0, 1, 2]
+    card = json.loads((tmp_path / "s.card.json").read_text())
+    assert card["training"]["resumed_from"] == 2 and card["training"]["epochs_done"] == 3
+    cmds = card["training"]["commands"]           # both runs, so that the model can be reproduced
+    assert [(c["from_epoch"], c["to_epoch"]) for c in cmds] == [(0, 2), (2, 3)]
+    assert cmds[0]["command"].startswith("lungcad train segmenter") and "--resume" not in cmds[0]["command"]
+
+
+def test_cli_train_fpr(tmp_path):
+    r = _train(["fpr", *TINY_DATA, "--epochs", "2", "--depth", "10", "--width", "1",
+                "--out", str(tmp_path / "fpr.keras"), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = keras.saving.load_model(tmp_path / "fpr.keras", safe_mode=True, compile=False)
+    x = {"patch": np.zeros((3, 32, 32, 32, 1), np.float32), "scale": np.zeros((3, 1), np.float32)}
+    y = model.predict(x, verbose=0)
+    assert set(y) == {"nodule", "malignancy"} and y["nodule"].shape == (3, 1)
+    card = json.loads((tmp_path / "fpr.card.json").read_text())
+    assert CARD_FIELDS <= set(card)
+    assert card["architecture"]["backbone_kwargs"]["depth"] == 10
+    assert {"val_nodule_auc", "final_val_loss", "final_val_nodule_auc"} <= set(card["metrics"])
+    assert card["parameters"] == model.count_params()
+    assert len(pd.read_csv(tmp_path / "run" / "log.csv")) == 2
+    # no optimizer state in the shipped file: it is about 4 bytes per parameter
+    assert card["file"]["bytes"] < 4 * card["parameters"] * 1.3 + 200_000
+
+
+def test_cli_train_rejects_bad_options(tmp_path):
+    from lungcad.cli import main
+
+    assert main(["train", "segmenter", "--epochs", "1", "--out", str(tmp_path / "x.keras")]) == 2   # no data
+    assert main(["train", "segmenter", "--synthetic", "1", "--tile", "60",
+                 "--out", str(tmp_path / "x.keras")]) == 2
+    assert main(["train", "fpr", "--synthetic", "1", "--model-kwargs", "[1]",
+                 "--out", str(tmp_path / "x.keras")]) == 2
