@@ -77,7 +77,8 @@ def _unique(series):
 def select_series(series, *, all_series: bool = False, series_uids=()):
     """Split discovered series into (to run, rejected as (series, reason), not chosen).
 
-    Non-CT series are rejected.  By default one series per patient is chosen by
+    Non-CT series, and series that cannot be stacked (missing slices, tilt, ...), are
+    rejected with the reason.  By default one series per patient is chosen by
     :func:`lungcad.io.choose_series` (the thinnest slices, then the softest kernel).
     """
     from lungcad.io import choose_series
@@ -87,6 +88,8 @@ def select_series(series, *, all_series: bool = False, series_uids=()):
         modality = (s.modality or "CT").upper()
         if modality != "CT":
             rejected.append((s, f"not a CT series (Modality {modality}); lungcad reads chest CT only"))
+        elif s.problem:
+            rejected.append((s, s.problem))
         else:
             ct.append(s)
     if series_uids:

@@ -176,6 +176,9 @@ def test_hostile_patient_id_stays_inside_output(tmp_path):
     out = tmp_path / "out"
     r = lungcad("detect", tmp_path / "in", "-o", out, "--no-progress")
     assert r.returncode == 0, r.stderr
-    written = [p.resolve() for p in tmp_path.rglob("*") if p.is_file() and "in" not in p.relative_to(tmp_path).parts[:1]]
-    assert all(str(p).startswith(str(out.resolve())) for p in written)
+    # nothing was written beside or above the output folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    assert not (tmp_path.parent / "etc").exists()
+    (scan,) = (out / "scans").glob("*.json")
+    assert scan.parent == out / "scans" and ".." not in scan.name
     assert "<script>" not in (out / "report.html").read_text()

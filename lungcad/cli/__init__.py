@@ -23,6 +23,29 @@ from lungcad.errors import LungcadError
 COMMANDS = ["info", "synth", "zoo", "detect", "merge", "train", "evaluate"]
 
 
+def import_keras(*, debug: bool = False):
+    """Import Keras (and its backend) with the backend's import-time C++ log lines hidden.
+
+    TensorFlow writes INFO lines (oneDNN, CUDA probing) straight to file descriptor 2 while
+    it is imported, whatever TF_CPP_MIN_LOG_LEVEL says; a batch job's stderr should hold
+    only its own one-line errors.  With ``debug`` nothing is hidden.  Import errors are
+    raised as usual once stderr is restored.
+    """
+    if debug:
+        import keras
+        return keras
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import keras
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return keras
+
+
 def _common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")

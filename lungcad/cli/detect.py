@@ -77,8 +77,10 @@ def run(args) -> int:
         print(f"lungcad detect: error: --batch-size must be >= 1. Received {args.batch_size}", file=sys.stderr)
         return 2
     _set_backend(args)
+    from lungcad.cli import import_keras
+
     try:
-        import keras  # noqa: F401  (imports the backend named by KERAS_BACKEND)
+        import_keras(debug=args.debug)      # the backend named by KERAS_BACKEND
     except ImportError as e:
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         print(f"lungcad detect: error: the Keras backend '{backend}' is not installed ({e}). "
