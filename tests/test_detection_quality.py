@@ -15,10 +15,12 @@ from lungcad.pipeline import Pipeline
 from lungcad.synthetic import generate_phantom
 
 # Guarded levels (see README "Results"): measured with the shipped weights, minus a margin.
-PHANTOM_MIN_CPM = 0.0
-PETCT_MIN_SERIES_IN_TOP3 = 0
-PETCT_MIN_PATIENT_PROB = 0.0
-LIDC_MIN_HITS_IN_TOP10 = 0
+PHANTOM_MIN_CPM = 0.10              # measured 0.12; issue 5 target: 0.8 on 4 patients
+PETCT_MIN_SERIES_IN_TOP3 = 2        # issue 5 target: 4
+PETCT_MIN_PATIENT_PROB = 0.5
+LIDC_MIN_HITS_ANY = 3
+LIDC_MIN_HITS_IN_TOP10 = 0          # issue 5 target: 3 (not reached yet)
+FPR_MIN_AUC = 0.70                  # measured 0.776 (nodules vs vessel crossings)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_fresh_phantoms_froc(pipeline):
         cands.append(result.candidates)
     res = froc(pd.concat(anns), pd.concat(cands), seriesuids=uids, n_bootstrap=0)
     assert res.n_nodules >= 4
-    assert res.cpm >= PHANTOM_MIN_CPM
+    assert res.cpm >= PHANTOM_MIN_CPM, f"CPM {res.cpm:.3f}, sensitivities {res.sensitivities}"
 
 
 def test_lung_pet_ct_dx_tumours_rank_high(pipeline, petct_dir):
@@ -65,18 +67,52 @@ def test_lung_pet_ct_dx_tumours_rank_high(pipeline, petct_dir):
                            vol.spacing[0])
         in_top3 += rank is not None and rank < 3
         probs[s.series_uid] = result.cancer_probability
-    assert in_top3 >= PETCT_MIN_SERIES_IN_TOP3
-    assert min(probs.values()) >= PETCT_MIN_PATIENT_PROB
+    assert in_top3 >= PETCT_MIN_SERIES_IN_TOP3, f"{in_top3} of 4 series have the tumour in the top 3"
+    assert min(probs.values()) >= PETCT_MIN_PATIENT_PROB, f"cancer probabilities {probs}"
 
 
-def test_lidc_0003_reference_lesions_in_top10(pipeline, lidc_dir):
+def test_lidc_0003_reference_lesions_are_found(pipeline, lidc_dir):
+    """Each lesion marked by all four readers is hit (within its radius) by a candidate.
+
+    Issue 5 asks for each within the top 10; with the current weights they are found but
+    ranked lower (README "Results"), so this guards the recall and the best rank reached.
+    """
     cons = pd.read_csv(lidc_dir / "annotations_consensus.csv")
     cons = cons[cons["n_readers"] >= 4]
     vol = load_series(discover(lidc_dir)[0])
-    top = pipeline.run(vol).candidates.head(10)
-    xyz = top[["coordX", "coordY", "coordZ"]].to_numpy()
-    hits = 0
+    cands = pipeline.run(vol).candidates
+    xyz = cands[["coordX", "coordY", "coordZ"]].to_numpy()
+    ranks = []
     for n in cons.itertuples():
         d = np.linalg.norm(xyz - [n.x_mm, n.y_mm, n.z_mm], axis=1)
-        hits += bool((d <= n.mean_max_axial_diam_mm / 2).any())
-    assert hits >= LIDC_MIN_HITS_IN_TOP10
+        hit = np.flatnonzero(d <= n.mean_max_axial_diam_mm / 2)
+        ranks.append(int(hit[0]) if len(hit) else None)
+    assert len(ranks) == 3
+    assert sum(r is not None for r in ranks) >= LIDC_MIN_HITS_ANY, f"first-hit ranks {ranks}"
+    assert sum(r is not None and r < 10 for r in ranks) >= LIDC_MIN_HITS_IN_TOP10, f"first-hit ranks {ranks}"
+
+
+def test_fpr_ranks_nodules_above_vessel_crossings(pipeline):
+    """The shipped FPR network scores phantom lesions above the vessel crossings beside them."""
+    from lungcad.fpr import extract_patches, patch_spacing
+    from lungcad.train import roc_auc
+
+    cfg = pipeline.config.fpr
+    pos, neg = [], []
+    for seed in range(3):
+        ph = generate_phantom(seed=870000 + seed, shape=(None, 256, 256), n_nodules=4)
+        vol = ph.volume
+        for table, sink in ((ph.lesions[ph.lesions["diameter_mm"] >= 4.0], pos), (ph.distractors.head(12), neg)):
+            if len(table) == 0:
+                continue
+            d = table["diameter_mm"].to_numpy(float)
+            scales = patch_spacing(d, patch_size=cfg.patch_size, patch_mm=cfg.patch_mm, fit_fraction=cfg.fit_fraction)
+            patches = extract_patches(vol.hu, table[["coordX", "coordY", "coordZ"]].to_numpy(float),
+                                      spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
+                                      scales_mm=scales, patch_size=cfg.patch_size, window_hu=cfg.window_hu)
+            out = pipeline.classifier.predict_on_batch(
+                {"patch": patches, "scale": np.log2(scales)[:, None].astype(np.float32)})
+            sink.extend(np.asarray(out["nodule"]).reshape(-1).tolist())
+    assert len(pos) >= 6 and len(neg) >= 12
+    auc = roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
+    assert auc >= FPR_MIN_AUC, f"nodule-vs-vessel AUC {auc:.3f}"
