@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from lungcad.models import LocalResponseNormalization, build_model
-from zoo_cases import ZooModelChecks, zoo_fixture
+from zoo_cases import (ZooModelChecks, build_uninitialized,  # noqa: F401 (fresh_keras_session: autouse)
+                        fresh_keras_session, zoo_fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -16,7 +17,7 @@ class TestRegisteredModels(ZooModelChecks):
 
 
 def test_alexnet_parameter_count_and_towers():
-    model = build_model("alexnet", input_shape=(227, 227, 3), classes=1000)
+    model = build_uninitialized("alexnet", input_shape=(227, 227, 3), classes=1000)
     assert model.count_params() == 60_965_224
     # conv2, conv4 and conv5 see only the maps of their own tower: half the input channels
     assert tuple(model.get_layer("conv2").kernel.shape) == (5, 5, 48, 256)

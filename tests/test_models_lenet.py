@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from lungcad.models import build_model
-from zoo_cases import ZooModelChecks, zoo_fixture
+from zoo_cases import (ZooModelChecks, build_uninitialized,  # noqa: F401 (fresh_keras_session: autouse)
+                        fresh_keras_session, zoo_fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -17,7 +18,7 @@ class TestRegisteredModels(ZooModelChecks):
 
 def test_lenet5_parameter_count():
     # C1 156 + C3 2,416 + C5 48,120 + F6 10,164 + output 850 (full C3 connections, no trainable pooling)
-    model = build_model("lenet5", input_shape=(32, 32, 1), classes=10)
+    model = build_uninitialized("lenet5", input_shape=(32, 32, 1), classes=10)
     assert model.count_params() == 61_706
     assert [model.get_layer(n).count_params() for n in ("c1", "c3", "c5", "f6", "predictions")] == \
         [156, 2_416, 48_120, 10_164, 850]

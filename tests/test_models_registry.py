@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lungcad.models import REGISTRY, build_model, list_models, model_info
+from zoo_cases import CASES
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -31,6 +32,7 @@ def test_registry_names_and_info():
     assert (info["family"], info["dims"], info["input_shape"]) == ("wideresnet", 3, (32, 32, 32, 1))
     assert info["family_kwargs"] == {"depth": 28, "width": 10, "dropout": 0.3}
     assert model_info("unet2d-classic")["fixed"] == {"dims": 2, "depth": 4, "base_filters": 32}
+    assert [model_info(n)["dims"] for n in list_models()].count(3) == 3  # wrn3d, unet3d, resnet18-3d
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -129,6 +131,10 @@ def test_missing_or_unknown_weights_files(tmp_path):
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="could not be read"):
         build_model("resnet18", weights=tmp_path / "broken.keras", **SMALL)
+
+
+def test_every_registered_model_has_a_test_case():
+    assert sorted(CASES) == sorted(list_models())
 
 
 def test_registry_objects_are_the_specs():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lungcad.models import build_model
-from zoo_cases import ZooModelChecks, zoo_fixture
+from zoo_cases import (ZooModelChecks, build_uninitialized,  # noqa: F401 (fresh_keras_session: autouse)
+                        fresh_keras_session, zoo_fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -18,7 +19,7 @@ class TestRegisteredModels(ZooModelChecks):
 
 
 def test_unet2d_classic_layout_and_count():
-    model = build_model("unet2d-classic", input_shape=(512, 512, 1), classes=1)
+    model = build_uninitialized("unet2d-classic", input_shape=(512, 512, 1), classes=1)
     filters = [model.get_layer(f"enc{i}_conv2").filters for i in (1, 2, 3, 4)]
     assert filters + [model.get_layer("bottleneck_conv2").filters] == [32, 64, 128, 256, 512]
     assert tuple(model.get_layer("bottleneck_conv2").output.shape) == (None, 32, 32, 512)

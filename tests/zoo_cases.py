@@ -44,9 +44,14 @@ class Case:
     shapes: dict  # input shape -> backbone feature shape; the first is the smallest and is run
     kwargs: dict = field(default_factory=dict)
     segmentation: bool = False
-    learning_rate: float = 3e-4  # Adam, for the short fit
-    steps: int = 4  # full-batch steps of the short fit
+    optimizer: str = "adam"  # of the short fit: "adam" or "sgd"
+    learning_rate: float = 3e-4
+    steps: int = 4  # full-batch steps
     batch: int = 16  # samples of the toy problem
+    # Backends whose fit runs the compiled train step; the others run it eagerly.  On a CPU,
+    # compiling a 50-150-layer train step costs far more than the few steps run here; run
+    # eagerly, the members of a family also share JAX's per-operation compilations.
+    compiled_on: frozenset = frozenset({"jax"})
 
 
 # ResNets with base_filters=8: the last stage has 8 * 8 filters, times 4 in bottleneck blocks;
@@ -54,21 +59,22 @@ class Case:
 _BASIC = {(32, 32, 3): (1, 1, 64), (64, 40, 3): (2, 2, 64)}
 _BOTTLENECK = {(32, 32, 3): (1, 1, 256), (64, 40, 3): (2, 2, 256)}
 _THIN = {"base_filters": 8}
-# Zero-initialized residual branches make the loss of every ResNet fall from the first step.
-_RESNET_FIT = {"steps": 3}
+# Zero-initialized residual branches make the loss of every ResNet fall from the first SGD step.
+_RESNET_FIT = {"optimizer": "sgd", "learning_rate": 0.01, "steps": 3, "compiled_on": frozenset()}
 
 CASES = {
     # C5 of a 32x32 input is 1x1x120; each extra 4 pixels of input add one pixel to C5.
     "lenet5": Case({(32, 32, 1): (1, 1, 120), (40, 36, 1): (3, 2, 120)}),
     # 67 -> conv1 15 -> pool1 7 -> pool2 3 -> pool5 1; 99 -> 23 -> 11 -> 5 -> 2.
+    # Run eagerly, TensorFlow compiles a grouped convolution at every call: compiled on both.
     "alexnet": Case({(67, 67, 3): (1, 1, 256), (99, 67, 3): (2, 1, 256)}, {"fc_units": 32, "dropout": 0.0},
-                    learning_rate=1e-3),
+                    learning_rate=1e-3, compiled_on=frozenset({"jax", "tensorflow"})),
     # Five 2x2 poolings: floor(input / 32).  Without batch norm, VGG's 16-19 layers start
     # slowly (its authors initialised VGG16 from VGG11): a longer fit.
     "vgg16": Case({(32, 32, 3): (1, 1, 512), (64, 96, 3): (2, 3, 512)}, {"fc_units": 32, "dropout": 0.0},
-                  steps=7, batch=8),
+                  steps=7, batch=4),
     "vgg19": Case({(32, 32, 3): (1, 1, 512), (64, 96, 3): (2, 3, 512)}, {"fc_units": 32, "dropout": 0.0},
-                  steps=7, batch=8),
+                  steps=7, batch=4),
     # Stride 32 with "same" padding: ceil(input / 32); inception5b has 1024 channels.
     "googlenet": Case({(32, 32, 3): (1, 1, 1024), (64, 40, 3): (2, 2, 1024)}, {"dropout": 0.0},
                       learning_rate=1e-3),
@@ -128,19 +134,29 @@ def toy_problem(name: str, n: int | None = None, seed: int = 0):
     return x, labels
 
 
+def build_uninitialized(name: str, **kwargs) -> keras.Model:
+    """Build a registered model without drawing its initial weights (inside ``keras.StatelessScope``).
+
+    Enough for parameter counts, shapes and layer names, and much faster for
+    the full-size models: JAX compiles one random draw per new weight shape.
+    """
+    with keras.StatelessScope():
+        return build_model(name, **kwargs)
+
+
 #: Per family, the layer whose input is the backbone's output inside the full model.
 FEATURE_LAYER = {"lenet": "flatten", "alexnet": "flatten", "vgg": "flatten", "googlenet": "avg_pool",
                  "resnet": "avg_pool", "wideresnet": "avg_pool", "unet": "predictions"}
 
 
-def zoo_fixture(family: str):
-    """A class-scoped fixture over the family's registry names: ``(name, model)``.
+def zoo_fixture(family: str, names=None):
+    """A class-scoped fixture over the family's registry names (or ``names``): ``(name, model)``.
 
     The model is the full classifier (two classes; one output channel for a
     U-Net) at the case's smallest input, built once for the three checks.
     """
 
-    @pytest.fixture(scope="class", params=list_models(family))
+    @pytest.fixture(scope="class", params=list_models(family) if names is None else list(names))
     def zoo(request):
         name = request.param
         keras.backend.clear_session()
@@ -153,6 +169,18 @@ def zoo_fixture(family: str):
         keras.backend.clear_session()
 
     return zoo
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras_session(request):
+    """Clear Keras' global state, and collect earlier models, before a test that builds its own.
+
+    Test modules import this fixture to use it; the three checks share the
+    class-scoped ``zoo`` model and leave the clearing to it.
+    """
+    if "zoo" not in request.fixturenames:
+        keras.backend.clear_session()
+    yield
 
 
 def _randomize_statistics(model, rng):
@@ -174,21 +202,21 @@ class ZooModelChecks:
         assert model.output_shape == expected
         feature_layer = model.get_layer(FEATURE_LAYER[model_info(name)["family"]])
         assert tuple(feature_layer.input.shape) == (None, *first_features)
-        x = np.random.default_rng(0).normal(size=(2, *first)).astype("float32")
+        x = toy_problem(name)[0]  # the fit's shapes: JAX compiles each operation once for all three checks
         y = keras.ops.convert_to_numpy(model(x, training=False))
-        assert y.shape == (2, *expected[1:])
+        assert y.shape == (len(x), *expected[1:])
         if case.segmentation:
             assert np.all((y > 0) & (y < 1))
         else:
             np.testing.assert_allclose(y.sum(axis=-1), 1.0, atol=1e-5)
-        backbone = build_model(name, input_shape=second, include_top=False, **case.kwargs)
+        backbone = build_uninitialized(name, input_shape=second, include_top=False, **case.kwargs)
         assert backbone.output_shape == (None, *second_features)
 
     def test_save_load_round_trip(self, zoo, tmp_path):
         name, model = zoo
         rng = np.random.default_rng(1)
         _randomize_statistics(model, rng)
-        x = rng.normal(size=(2, *smallest(name))).astype("float32")
+        x = toy_problem(name, seed=1)[0]
         before = keras.ops.convert_to_numpy(model(x, training=False))
         path = tmp_path / f"{name}.keras"
         model.save(path)
@@ -202,20 +230,15 @@ class ZooModelChecks:
         np.testing.assert_allclose(after, before, atol=1e-6)
 
     def test_short_fit_lowers_loss(self, zoo):
-        """A few full-batch Adam steps on the toy problem.
-
-        The steps run eagerly on TensorFlow, and on JAX for networks of more
-        than 150 layers: on a CPU, compiling their train step costs far more
-        than the few steps run here.  Other networks use JAX's compiled step.
-        """
+        """A few full-batch steps on the toy problem (eagerly or compiled: see ``Case.compiled_on``)."""
         name, model = zoo
         case = CASES[name]
         keras.utils.set_random_seed(0)
         x, y = toy_problem(name)
-        eager = keras.backend.backend() != "jax" or len(model.layers) > 150
-        model.compile(optimizer=keras.optimizers.Adam(case.learning_rate),
+        optimizer = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[case.optimizer]
+        model.compile(optimizer=optimizer(case.learning_rate),
                       loss="binary_crossentropy" if case.segmentation else "sparse_categorical_crossentropy",
-                      run_eagerly=eager)
+                      run_eagerly=keras.backend.backend() not in case.compiled_on)
         losses = model.fit(x, y, batch_size=len(x), epochs=case.steps, shuffle=False, verbose=0).history["loss"]
         assert np.all(np.isfinite(losses)), losses
         assert losses[-1] < 0.9 * losses[0], losses
