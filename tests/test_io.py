@@ -145,6 +145,48 @@ def test_compressed_series(tmp_path, compress):
     assert got.meta["transfer_syntax"] == str(ts.TransferSyntaxUID)
 
 
+def _recompress_jpeg_lossless(src: Path, dst: Path) -> None:
+    """Rewrite each file of a series as JPEG Lossless (Process 14, SV1) with GDCM via SimpleITK:
+    pydicom has no encoder for it, and this is what many archives send."""
+    dst.mkdir()
+    for f in sorted(src.iterdir()):
+        img = sitk.ReadImage(str(f))                  # HU, with the file's tags as metadata
+        out = sitk.Cast(img, sitk.sitkInt16)
+        for key in img.GetMetaDataKeys():
+            out.SetMetaData(key, img.GetMetaData(key))
+        out.SetMetaData("0028|1052", "0")             # the pixels are HU now
+        out.SetMetaData("0028|1053", "1")
+        writer = sitk.ImageFileWriter()
+        writer.SetImageIO("GDCMImageIO")
+        writer.KeepOriginalImageUIDOn()
+        writer.SetUseCompression(True)
+        writer.SetCompressor("JPEG")
+        writer.SetFileName(str(dst / f.name))
+        writer.Execute(out)
+
+
+def test_jpeg_lossless_series(tmp_path, monkeypatch):
+    vol = make_volume(np.diag([-1.0, -1.0, 1.0]))
+    write_dicom_series(vol, tmp_path / "plain", rescale_intercept=-1024)
+    _recompress_jpeg_lossless(tmp_path / "plain", tmp_path / "jpeg")
+    meta = pydicom.dcmread(next((tmp_path / "jpeg").iterdir()), stop_before_pixels=True).file_meta
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"          # JPEG Lossless SV1
+    got = load_ct(tmp_path / "jpeg")
+    assert got.meta["reader"] == "pydicom" and got.meta["transfer_syntax"] == "1.2.840.10008.1.2.4.70"
+    np.testing.assert_array_equal(got.hu, vol.hu)
+    np.testing.assert_allclose(got.origin, vol.origin, atol=0.01)
+    np.testing.assert_allclose(got.direction, vol.direction, atol=1e-6)
+
+    # and through the GDCM fallback, when pydicom has no decoder
+    def no_decoder(path):
+        raise NotImplementedError("no decoder for this transfer syntax (test)")
+
+    monkeypatch.setattr(io_dicom, "_decode_file", no_decoder)
+    again = load_ct(tmp_path / "jpeg")
+    assert again.meta["reader"] == "simpleitk"
+    np.testing.assert_array_equal(again.hu, vol.hu)
+
+
 def test_simpleitk_reads_the_same_series(tmp_path):
     vol = make_volume(np.diag([-1.0, -1.0, 1.0]))
     write_dicom_series(vol, tmp_path, compress="rle", reverse_instance_numbers=True)
