@@ -5,6 +5,11 @@ network sees the same physical size whatever the scan's voxel size.  Nodules are
 seen at ``patch_mm`` per voxel; a candidate too large to fit ``fit_fraction`` of
 the cube (a mass) is seen at a coarser spacing so that the whole lesion fits, and
 the spacing used is a second input of the network, so it still knows the size.
+
+The backbone is any classifier of the zoo (``[fpr] backbone`` in the pipeline file).
+A 3-D backbone sees the cube (``views="cube"``: (P, P, P, 1)); a 2-D backbone sees
+2.5-D orthogonal views (``views="orthogonal"``: the axial, coronal and sagittal planes
+through the candidate's centre as the three channels of a (P, P, 3) image).
 """
 from __future__ import annotations
 
@@ -17,6 +22,54 @@ from lungcad.volume import world_to_voxel
 
 NODULE = "nodule"
 MALIGNANCY = "malignancy"
+VIEWS = ("cube", "orthogonal")
+#: the nested backbone model of :func:`build_fpr_model` is named this prefix + the zoo name
+BACKBONE_PREFIX = "backbone_"
+
+
+def views_for(backbone: str) -> str:
+    """``"cube"`` for a 3-D zoo backbone, ``"orthogonal"`` for a 2-D one.
+
+    Raises ValueError for an unknown name and for a segmentation network (U-Net),
+    which has no pooled features to put heads on.
+    """
+    from lungcad.models.registry import REGISTRY, list_models
+
+    spec = REGISTRY.get(backbone)
+    if spec is None:
+        raise ValueError(f"unknown FPR backbone {backbone!r}; expected a zoo classifier, one of "
+                         f"{[n for n in list_models() if REGISTRY[n].family != 'unet']}")
+    if spec.family == "unet":
+        raise ValueError(f"FPR backbone {backbone!r} is a segmentation network; expected a zoo classifier "
+                         f"(e.g. wrn3d, resnet18-3d, or a 2-D one such as wrn2d or resnet18 on orthogonal views)")
+    return "cube" if spec.dims == 3 else "orthogonal"
+
+
+def patch_shape(views: str, patch_size: int) -> tuple[int, ...]:
+    """The network's ``patch`` input shape for a kind of view."""
+    if views == "cube":
+        return (patch_size, patch_size, patch_size, 1)
+    if views == "orthogonal":
+        return (patch_size, patch_size, 3)
+    raise ValueError(f"views must be one of {VIEWS}. Received {views!r}")
+
+
+def model_views(model) -> str | None:
+    """The views a built FPR Keras model takes (from its ``patch`` input), or None if unknown."""
+    inputs = getattr(model, "input", None)
+    patch = inputs.get("patch") if isinstance(inputs, dict) else None
+    if patch is None:
+        return None
+    rank = len(patch.shape) - 1
+    return "cube" if rank == 4 else "orthogonal" if rank == 3 else None
+
+
+def model_backbone(model) -> str | None:
+    """The zoo name of an FPR model's backbone, as :func:`build_fpr_model` recorded it."""
+    for layer in getattr(model, "layers", []):
+        if layer.name.startswith(BACKBONE_PREFIX):
+            return layer.name[len(BACKBONE_PREFIX):]
+    return None
 
 
 def patch_spacing(diameters_mm, *, patch_size: int = 32, patch_mm: float = 1.0,
@@ -28,8 +81,9 @@ def patch_spacing(diameters_mm, *, patch_size: int = 32, patch_mm: float = 1.0,
 
 def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=None,
                     scales_mm, patch_size: int = 32, window_hu=(-1000.0, 400.0),
-                    rotation=None) -> np.ndarray:
-    """Sample isotropic cubes (N, P, P, P, 1), float32 in [0, 1], around world centres.
+                    rotation=None, views: str = "cube") -> np.ndarray:
+    """Sample isotropic cubes (N, P, P, P, 1), or orthogonal views (N, P, P, 3), float32
+    in [0, 1], around world centres.
 
     Parameters
     ----------
@@ -40,16 +94,18 @@ def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=N
     patch_size : int
     rotation : array (N, 3, 3), optional
         World-frame rotations applied to the sampling grid (training augmentation).
+    views : ``"cube"`` or ``"orthogonal"``
+        The orthogonal views are the planes through the centre: channel 0 axial
+        (rows world y, columns world x), 1 coronal (z, x), 2 sagittal (z, y).
 
     The cube's axes are world z, y, x; outside the scan is air.
     """
     centres = np.atleast_2d(np.asarray(centres_xyz, dtype=float))
     n = len(centres)
     scales = np.broadcast_to(np.asarray(scales_mm, dtype=float), (n,))
-    out = np.empty((n, patch_size, patch_size, patch_size, 1), dtype=np.float32)
-    r = (np.arange(patch_size) - (patch_size - 1) / 2.0)
-    gz, gy, gx = np.meshgrid(r, r, r, indexing="ij")
-    offsets = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)      # (P^3, xyz) in voxels
+    P = int(patch_size)
+    out = np.empty((n, *patch_shape(views, P)), dtype=np.float32)
+    offsets = _grid_offsets(views, P)                                      # (M, xyz) in voxels
     w = window(hu, window_hu)
     for i in range(n):
         off = offsets * scales[i]
@@ -57,26 +113,46 @@ def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=N
             off = off @ np.asarray(rotation[i]).T
         zyx = world_to_voxel(centres[i] + off, spacing=spacing, origin=origin, direction=direction)
         vals = ndimage.map_coordinates(w, zyx.T, order=1, mode="constant", cval=0.0, prefilter=False)
-        out[i, ..., 0] = vals.reshape(patch_size, patch_size, patch_size)
+        if views == "cube":
+            out[i, ..., 0] = vals.reshape(P, P, P)
+        else:
+            out[i] = vals.reshape(3, P, P).transpose(1, 2, 0)
     return out
+
+
+def _grid_offsets(views: str, P: int) -> np.ndarray:
+    """Sampling offsets (xyz, in units of the patch spacing) of a cube or of three planes."""
+    r = np.arange(P) - (P - 1) / 2.0
+    if views == "cube":
+        gz, gy, gx = np.meshgrid(r, r, r, indexing="ij")
+        return np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
+    a, b = np.meshgrid(r, r, indexing="ij")              # rows, columns of each view
+    a, b, zero = a.ravel(), b.ravel(), np.zeros(P * P)
+    axial = np.stack([b, a, zero], axis=1)               # rows y, columns x, at z = centre
+    coronal = np.stack([b, zero, a], axis=1)             # rows z, columns x, at y = centre
+    sagittal = np.stack([zero, b, a], axis=1)            # rows z, columns y, at x = centre
+    return np.concatenate([axial, coronal, sagittal])
 
 
 def build_fpr_model(*, backbone: str = "wrn3d", patch_size: int = 32, backbone_kwargs=None,
                     head_units: int = 64, dropout: float = 0.3, name: str = "fpr"):
     """A zoo backbone with two sigmoid heads: ``nodule`` and ``malignancy``.
 
-    Inputs are ``patch`` (P, P, P, 1) and ``scale`` (1,): log2 of the patch spacing in mm.
-    Any 3-D zoo backbone works (``backbone`` names it, ``backbone_kwargs`` configure it).
+    Inputs are ``patch`` and ``scale`` (1,): log2 of the patch spacing in mm.  Any zoo
+    classifier works (``backbone`` names it, ``backbone_kwargs`` configure it): a 3-D one
+    takes the cube (P, P, P, 1), a 2-D one the orthogonal views (P, P, 3) (:func:`views_for`).
+    The nested backbone model is named ``backbone_<zoo name>`` so that a loaded file
+    tells which backbone it holds (:func:`model_backbone`).
     """
     import keras
 
     from lungcad.models import build_model
 
-    patch = keras.Input((patch_size, patch_size, patch_size, 1), name="patch")
+    shape = patch_shape(views_for(backbone), patch_size)
+    patch = keras.Input(shape, name="patch")
     scale = keras.Input((1,), name="scale")
-    body = build_model(backbone, input_shape=(patch_size, patch_size, patch_size, 1),
-                       include_top=False, pooling="avg", name=f"{name}_backbone",
-                       **dict(backbone_kwargs or {}))
+    body = build_model(backbone, input_shape=shape, include_top=False, pooling="avg",
+                       name=f"{BACKBONE_PREFIX}{backbone}", **dict(backbone_kwargs or {}))
     feats = body(patch)
     x = keras.layers.Concatenate(name="features")([feats, scale])
     x = keras.layers.Dense(head_units, activation="relu", name="head_dense")(x)
@@ -88,14 +164,18 @@ def build_fpr_model(*, backbone: str = "wrn3d", patch_size: int = 32, backbone_k
 
 def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: int = 32,
                         patch_mm: float = 1.0, fit_fraction: float = 0.7,
-                        window_hu=(-1000.0, 400.0), batch_size: int = 32) -> pd.DataFrame:
+                        window_hu=(-1000.0, 400.0), batch_size: int = 32,
+                        views: str | None = None) -> pd.DataFrame:
     """Add ``nodule_prob``, ``malignancy_prob`` and ``patch_mm`` to a candidate table.
 
     ``probability`` becomes the nodule probability (the LUNA16 score); the
     segmentation score stays in ``seg_prob``.  ``model`` is a Keras model as built by
     :func:`build_fpr_model`, or any callable taking ``{"patch", "scale"}`` and
-    returning ``{"nodule", "malignancy"}``.  The table is returned sorted by probability.
+    returning ``{"nodule", "malignancy"}``.  ``views`` is the kind of patch the model
+    takes; None reads it from a Keras model's input (a cube for other callables).
+    The table is returned sorted by probability.
     """
+    views = views or model_views(model) or "cube"
     out = candidates.copy()
     if len(out) == 0:
         for col in ("nodule_prob", "malignancy_prob", "patch_mm"):
@@ -110,7 +190,7 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
         e = min(s + batch_size, len(out))
         patches = extract_patches(volume.hu, centres[s:e], spacing=volume.spacing, origin=volume.origin,
                                   direction=volume.direction, scales_mm=scales[s:e],
-                                  patch_size=patch_size, window_hu=window_hu)
+                                  patch_size=patch_size, window_hu=window_hu, views=views)
         pred = _predict(model, {"patch": patches, "scale": np.log2(scales[s:e])[:, None].astype(np.float32)})
         nod[s:e] = np.asarray(pred[NODULE], dtype=np.float32).reshape(-1)
         mal[s:e] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(-1)

@@ -20,7 +20,7 @@ import numpy as np
 
 from lungcad import __version__
 from lungcad.config import PipelineConfig, load_config
-from lungcad.errors import InputError, LungcadError, StageError
+from lungcad.errors import ConfigError, InputError, LungcadError, StageError
 from lungcad.result import ScanResult
 from lungcad.volume import CTVolume
 
@@ -39,6 +39,30 @@ def load_keras_model(path: str | Path):
         return keras.saving.load_model(p, compile=False, safe_mode=True)
     except (ValueError, OSError, TypeError) as e:
         raise InputError(p, f"not a loadable .keras model: {e}") from e
+
+
+def check_fpr_model(model, config: PipelineConfig, path) -> None:
+    """Raise ConfigError unless an FPR weights file fits the pipeline's ``[fpr]`` section:
+    the backbone it holds, and the patch it takes."""
+    from lungcad.fpr import model_backbone, model_views, patch_shape, views_for
+
+    f = config.fpr
+    try:
+        views = views_for(f.backbone)
+    except ValueError as e:
+        raise ConfigError(f"[fpr] backbone: {e}") from None
+    held = model_backbone(model)
+    if held is not None and held != f.backbone:
+        raise ConfigError(f"{path}: these FPR weights hold a {held!r} backbone, but the pipeline's "
+                          f"[fpr] backbone is {f.backbone!r}. Set [fpr] backbone = \"{held}\", or train "
+                          f"weights for {f.backbone!r} with `lungcad train fpr --pipeline FILE` and point "
+                          f"[fpr] weights at them")
+    expected = patch_shape(views, f.patch_size)
+    patch = model.input.get("patch") if isinstance(getattr(model, "input", None), dict) else None
+    got = tuple(patch.shape[1:]) if patch is not None else None
+    if model_views(model) != views or got != expected:
+        raise ConfigError(f"{path}: the FPR network takes patches of shape {got}, but [fpr] "
+                          f"(backbone {f.backbone!r}, patch_size {f.patch_size}) makes {expected}")
 
 
 def versions() -> dict[str, str]:
@@ -86,8 +110,23 @@ class Pipeline:
     @property
     def classifier(self):
         if self._classifier is None:
-            self._classifier = load_keras_model(self.config.resolve_weights(self.config.fpr.weights))
+            path = self.config.resolve_weights(self.config.fpr.weights)
+            model = load_keras_model(path)
+            check_fpr_model(model, self.config, path)
+            self._classifier = model
         return self._classifier
+
+    @property
+    def fpr_views(self) -> str:
+        """The patches the FPR network takes: ``"cube"`` or ``"orthogonal"`` (from ``[fpr] backbone``)."""
+        from lungcad.fpr import model_views, views_for
+
+        if self._classifier is not None and model_views(self._classifier):
+            return model_views(self._classifier)
+        try:
+            return views_for(self.config.fpr.backbone)
+        except ValueError as e:
+            raise ConfigError(f"[fpr] backbone: {e}") from None
 
     def load_models(self) -> None:
         """Load both networks now (a batch run does it once, before the first scan)."""
@@ -144,7 +183,7 @@ class Pipeline:
             table = fpr.classify_candidates(volume, table, model=self.classifier,
                                             patch_size=f.patch_size, patch_mm=f.patch_mm,
                                             fit_fraction=f.fit_fraction, window_hu=f.window_hu,
-                                            batch_size=f.batch_size)
+                                            batch_size=f.batch_size, views=self.fpr_views)
 
         with stage("aggregate"):
             p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak)

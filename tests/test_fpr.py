@@ -70,3 +70,56 @@ def test_classify_candidates_empty_table():
     cands = pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability"])
     out = classify_candidates(vol, cands, model=toy_classifier)
     assert len(out) == 0 and "nodule_prob" in out.columns
+
+
+def test_orthogonal_views_tell_a_sphere_from_a_vessel():
+    """The three planes through the centre: a sphere is a disc in each, a vessel along
+    world z is a disc in the axial view and a stripe in the coronal and sagittal views."""
+    spacing = (1.0, 1.0, 1.0)
+    zz, yy, xx = np.mgrid[:48, :48, :48]
+    sphere = np.where((zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 24) ** 2 <= 6 ** 2, 40, -900).astype(np.int16)
+    vessel = np.where((yy - 24) ** 2 + (xx - 24) ** 2 <= 3 ** 2, 40, -900).astype(np.int16)
+    centre = np.array([[24.0, 24.0, 24.0]])
+    kw = dict(spacing=spacing, origin=(0.0, 0.0, 0.0), scales_mm=[1.0], patch_size=24, views="orthogonal")
+    s = extract_patches(sphere, centre, **kw)
+    v = extract_patches(vessel, centre, **kw)
+    assert s.shape == v.shape == (1, 24, 24, 3)
+    area = (s[0] > 0.5).sum(axis=(0, 1))
+    assert np.all(np.abs(area - np.pi * 36) < 0.2 * np.pi * 36), area
+    vessel_area = (v[0] > 0.5).sum(axis=(0, 1))
+    assert vessel_area[0] < 40 and vessel_area[1] == vessel_area[2] >= 24 * 5
+    # the views are planes of the cube: axial = the cube's centre slice, rows y and columns x
+    cube = extract_patches(sphere, centre - [[0.0, 0.0, 0.5]], spacing=spacing, origin=(0.0, 0.0, 0.0),
+                           scales_mm=[1.0], patch_size=24)[0, ..., 0]
+    np.testing.assert_allclose(s[0, :, :, 0], cube[12], atol=1e-6)
+
+
+def test_views_follow_the_backbone():
+    from lungcad.fpr import patch_shape, views_for
+
+    assert views_for("wrn3d") == "cube" and views_for("resnet18-3d") == "cube"
+    assert views_for("wrn2d") == "orthogonal" and views_for("resnet18") == "orthogonal"
+    with pytest.raises(ValueError, match="unknown FPR backbone 'nope'"):
+        views_for("nope")
+    with pytest.raises(ValueError, match="segmentation network"):
+        views_for("unet3d")
+    assert patch_shape("cube", 8) == (8, 8, 8, 1) and patch_shape("orthogonal", 8) == (8, 8, 3)
+    with pytest.raises(ValueError, match="views must be one of"):
+        patch_shape("sideways", 8)
+
+
+@pytest.mark.parametrize("backbone, kwargs, patch", [("wrn2d", {"depth": 10, "width": 1}, (16, 16, 3)),
+                                                     ("resnet18", {"base_filters": 4}, (32, 32, 3)),
+                                                     ("resnet18-3d", {"base_filters": 4}, (32, 32, 32, 1))])
+def test_fpr_model_on_any_zoo_backbone(backbone, kwargs, patch):
+    from lungcad.fpr import build_fpr_model, model_backbone, model_views
+
+    model = build_fpr_model(backbone=backbone, patch_size=patch[0], backbone_kwargs=kwargs)
+    assert model_backbone(model) == backbone
+    assert model_views(model) == ("cube" if len(patch) == 4 else "orthogonal")
+    vol, centre = blob_volume()
+    cands = pd.DataFrame({"seriesuid": "s1", "coordX": [centre[0]], "coordY": [centre[1]],
+                          "coordZ": [centre[2]], "z": 0.0, "y": 0.0, "x": 0.0, "diameter_mm": [6.0],
+                          "probability": [0.9]})
+    out = classify_candidates(vol, cands, model=model, patch_size=patch[0])
+    assert out["nodule_prob"].between(0, 1).all() and out["malignancy_prob"].between(0, 1).all()

@@ -109,3 +109,40 @@ def test_pipeline_with_real_keras_models(tmp_path):
     assert len(c) >= 1
     assert c["nodule_prob"].between(0, 1).all() and c["malignancy_prob"].between(0, 1).all()
     assert (np.diff(c["probability"].to_numpy()) <= 0).all()
+
+
+def test_pipeline_file_selects_the_fpr_backbone(tmp_path):
+    """[fpr] backbone picks any zoo classifier; a 2-D one runs on orthogonal views, and
+    weights that hold another backbone are refused with a message that names both."""
+    pytest.importorskip("keras")
+    from lungcad.errors import ConfigError
+    from lungcad.fpr import build_fpr_model
+    from lungcad.models import build_model
+
+    seg = build_model("unet2d", input_shape=(None, None, 3), classes=1, classifier_activation="sigmoid",
+                      depth=2, base_filters=4)
+    seg.save(tmp_path / "seg.keras")
+    build_fpr_model(backbone="wrn2d", patch_size=16, backbone_kwargs={"depth": 10, "width": 1}).save(
+        tmp_path / "wrn2d.keras")
+    head = '[candidates]\nweights = "seg.keras"\ntile = 4\n[morphology]\nthreshold = 0.0\n'
+    (tmp_path / "p2d.toml").write_text(head + '[fpr]\nweights = "wrn2d.keras"\nbackbone = "wrn2d"\n'
+                                              'patch_size = 16\n')
+    vol, _ = toy_chest()
+    pipe = Pipeline.from_toml(tmp_path / "p2d.toml")
+    result = pipe.run(vol)
+    assert pipe.fpr_views == "orthogonal" and len(result.candidates) >= 1
+    assert result.config["fpr"]["backbone"] == "wrn2d"
+    assert result.candidates["nodule_prob"].between(0, 1).all()
+
+    (tmp_path / "bad.toml").write_text(head + '[fpr]\nweights = "wrn2d.keras"\nbackbone = "resnet18-3d"\n'
+                                              'patch_size = 16\n')
+    with pytest.raises(ConfigError, match=r"wrn2d.keras: these FPR weights hold a 'wrn2d' backbone, "
+                                          r"but the pipeline's \[fpr\] backbone is 'resnet18-3d'"):
+        Pipeline.from_toml(tmp_path / "bad.toml").run(vol)
+    (tmp_path / "size.toml").write_text(head + '[fpr]\nweights = "wrn2d.keras"\nbackbone = "wrn2d"\n'
+                                               'patch_size = 24\n')
+    with pytest.raises(ConfigError, match=r"takes patches of shape \(16, 16, 3\).*makes \(24, 24, 3\)"):
+        Pipeline.from_toml(tmp_path / "size.toml").run(vol)
+    (tmp_path / "unet.toml").write_text(head + '[fpr]\nweights = "wrn2d.keras"\nbackbone = "unet2d"\n')
+    with pytest.raises(ConfigError, match=r"\[fpr\] backbone: FPR backbone 'unet2d' is a segmentation"):
+        Pipeline.from_toml(tmp_path / "unet.toml").run(vol)

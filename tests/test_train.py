@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from lungcad.candidates import prepare_slices
 from lungcad.config import PipelineConfig
@@ -176,6 +177,18 @@ def test_fpr_dataset_shapes_balance_weights_and_alignment(toys):
     assert np.mean(np.concatenate(targets)) == 0.5
     counts = pd.Series(kinds).value_counts()
     assert counts["known"] > 0 and counts["random"] > 0 and "hard" not in counts
+
+
+def test_random_lung_points_stay_in_or_next_to_the_lungs(toys):
+    from lungcad.train.datasets import random_lung_points
+
+    lung = toys[0].lung_mask
+    pts = random_lung_points(lung, np.random.default_rng(0), n=500, reach=2)
+    assert pts.shape == (500, 3)
+    near = ndimage.binary_dilation(lung, structure=np.ones((1, 5, 5), bool))
+    assert near[tuple(pts.T)].all()
+    assert lung[tuple(pts.T)].mean() > 0.8                 # mostly lung, some border
+    assert len(random_lung_points(np.zeros((4, 8, 8), bool), np.random.default_rng(0))) == 0
 
 
 def test_fpr_dataset_masses_get_coarser_patches_and_hard_negatives():
@@ -381,6 +394,24 @@ def test_cli_train_fpr(tmp_path):
     assert len(pd.read_csv(tmp_path / "run" / "log.csv")) == 2
     # no optimizer state in the shipped file: it is about 4 bytes per parameter
     assert card["file"]["bytes"] < 4 * card["parameters"] * 1.3 + 200_000
+
+
+def test_cli_train_fpr_on_a_2d_backbone(tmp_path):
+    """--model picks another zoo backbone; a 2-D one learns from orthogonal views."""
+    r = _train(["fpr", *TINY_DATA, "--epochs", "1", "--model", "wrn2d", "--depth", "10", "--width", "1",
+                "--out", str(tmp_path / "fpr2d.keras"), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '[fpr] backbone = "wrn2d"' in r.stdout
+    from lungcad.fpr import model_backbone, model_views
+
+    model = keras.saving.load_model(tmp_path / "fpr2d.keras", safe_mode=True, compile=False)
+    assert (model_backbone(model), model_views(model)) == ("wrn2d", "orthogonal")
+    card = json.loads((tmp_path / "fpr2d.card.json").read_text())
+    assert card["architecture"]["views"] == "orthogonal"
+    assert card["architecture"]["inputs"]["patch"] == [32, 32, 3]
+    bad = _train(["fpr", *TINY_DATA, "--epochs", "1", "--model", "unet2d", "--out", str(tmp_path / "x.keras")],
+                 cwd=tmp_path)
+    assert bad.returncode == 2 and "segmentation network" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cli_train_rejects_bad_options(tmp_path):

@@ -79,7 +79,8 @@ def add_parser(sub, parents):
                    help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     t.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="zoo model (segmenter, default unet2d) or backbone (fpr, default wrn3d)")
+    m.add_argument("--model", help="zoo model (segmenter, default unet2d) or FPR backbone (default: the pipeline's "
+                        "[fpr] backbone; a 2-D one is trained on orthogonal views)")
     m.add_argument("--depth", type=int, help="U-Net depth (default 4) or WRN depth (default 10)")
     m.add_argument("--base-filters", type=int, help="U-Net filters of the first level (default 16)")
     m.add_argument("--width", type=int, help="WRN width factor (default 1)")
@@ -266,6 +267,13 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
     if args.base_filters is not None:
         print("lungcad train: error: --base-filters is a segmenter (U-Net) option", file=sys.stderr)
         return 2
+    from lungcad.fpr import views_for
+    backbone = args.model or config.fpr.backbone
+    try:
+        views_for(backbone)
+    except ValueError as e:
+        print(f"lungcad train: error: --model: {e}", file=sys.stderr)
+        return 2
     segmenter = None
     if args.segmenter:
         seg_path = (config.resolve_weights(config.candidates.weights) if args.segmenter == "pipeline"
@@ -274,11 +282,14 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
         data_info["hard_negatives_from"] = str(seg_path)
     out = Path(args.out) if args.out else _default_out(config, config.fpr.weights)
     result = train_fpr(
-        cases, config=config, settings=settings, backbone=args.model or "wrn3d", backbone_kwargs=kw,
+        cases, config=config, settings=settings, backbone=args.model, backbone_kwargs=kw,
         malignancy_weight=args.malignancy_weight, segmenter=segmenter,
         max_hard_per_case=args.max_hard_per_case, mine_cases=args.mine_cases,
         positive_fraction=0.5 if args.positive_fraction is None else args.positive_fraction,
         out=out, run_dir=Path(args.run_dir or "runs/fpr"), resume=args.resume, holdout=holdout,
         data_info=data_info)
     _report(result, "fpr")
+    if backbone != config.fpr.backbone:
+        print(f"lungcad train fpr: these weights hold a {backbone!r} backbone: a pipeline that uses them "
+              f"needs [fpr] backbone = \"{backbone}\" and [fpr] weights = \"{out}\"")
     return 0

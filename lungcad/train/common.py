@@ -168,7 +168,7 @@ class RunState(keras.callbacks.Callback):
     monitored validation loss improves (files are replaced atomically)."""
 
     def __init__(self, run_dir: Path, *, monitor: str = "val_loss", best: float = math.inf,
-                 best_epoch: int = 0, commands: list | None = None, loss: str = ""):
+                 best_epoch: int = 0, commands: list | None = None, loss: str = "", val_data: str = ""):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.monitor = monitor
@@ -176,6 +176,7 @@ class RunState(keras.callbacks.Callback):
         self.best_epoch = best_epoch
         self.commands = list(commands or [])
         self.loss = loss
+        self.val_data = val_data
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -186,7 +187,8 @@ class RunState(keras.callbacks.Callback):
             _atomic_save(self.model, self.run_dir / "best.keras")
         _atomic_save(self.model, self.run_dir / "last.keras")
         state = {"epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch,
-                 "monitor": self.monitor, "loss": self.loss, "commands": self.commands,
+                 "monitor": self.monitor, "loss": self.loss, "val_data": self.val_data,
+                 "commands": self.commands,
                  "logs": {k: float(v) for k, v in logs.items()}}
         _atomic_text(self.run_dir / "state.json", json.dumps(state, indent=2))
 
@@ -211,6 +213,15 @@ def loss_id(model) -> str:
     if hasattr(loss, "get_config"):
         return json.dumps({"class": type(loss).__name__, **loss.get_config()}, sort_keys=True, default=str)
     return json.dumps(loss, sort_keys=True, default=lambda f: getattr(f, "__name__", str(f)))
+
+
+def _data_id(data) -> str:
+    """Batches x batch size x patients of a validation dataset (to tell when it changed)."""
+    if data is None:
+        return ""
+    pool = getattr(data, "pool", None)
+    patients = sorted(c.patient_id for c in pool.cases) if pool is not None else []
+    return f"{len(data)}x{getattr(data, 'batch_size', '?')}:{','.join(patients)}"
 
 
 def read_state(run_dir: Path) -> dict | None:
@@ -266,8 +277,8 @@ def fit(*, build: Callable[[], Any], compile_model: Callable[[Any], None], train
         compile_model(model, optimizer=model.optimizer)
         initial_epoch = int(state["epoch"])
         best, best_epoch = float(state.get("best", math.inf)), int(state.get("best_epoch", 0))
-        if state.get("loss") != loss_id(model):
-            # a different loss: its values do not compare with the best so far
+        if state.get("loss") != loss_id(model) or state.get("val_data") != _data_id(val_data):
+            # another loss or other validation data: values do not compare with the best so far
             best = math.inf
         _trim_log(log_path, initial_epoch)
     else:
@@ -286,7 +297,7 @@ def fit(*, build: Callable[[], Any], compile_model: Callable[[Any], None], train
     monitor = "val_loss" if has_val else "loss"
     callbacks = [
         RunState(run_dir, monitor=monitor, best=best, best_epoch=best_epoch, commands=commands,
-                 loss=loss_id(model)),
+                 loss=loss_id(model), val_data=_data_id(val_data)),
         keras.callbacks.CSVLogger(str(log_path), append=state is not None),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=settings.patience, mode="min"),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,

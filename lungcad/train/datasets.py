@@ -37,7 +37,7 @@ import pandas as pd
 from scipy import ndimage
 
 from lungcad.candidates import context_indices, prepare_slices
-from lungcad.fpr import MALIGNANCY, NODULE, extract_patches, patch_spacing
+from lungcad.fpr import MALIGNANCY, NODULE, extract_patches, patch_shape, patch_spacing
 from lungcad.train.data import Case, CaseLike, drop_near
 from lungcad.volume import voxel_to_world, world_to_voxel
 
@@ -82,6 +82,36 @@ def lung_box_of(case: Case, *, margin_mm: float, threshold_hu: float = -320.0):
     if mask is None:
         mask = segment_lungs(case.volume.hu, spacing=case.volume.spacing, threshold_hu=threshold_hu).mask
     return lung_box(mask, spacing=case.volume.spacing, margin_mm=margin_mm), np.asarray(mask, bool)
+
+
+def random_lung_points(lung: np.ndarray, rng: np.random.Generator, *, n: int = 4000,
+                       reach: int = 2) -> np.ndarray:
+    """Up to ``n`` random voxels (z, y, x) of the lungs and of the tissue just around them.
+
+    A voxel qualifies when it, or a voxel ``reach`` pixels away along a row or a column, is
+    in the lung mask: that adds the pleura, the mediastinal border and the hilum, where
+    masses touch the lung.  Drawn by rejection inside the lungs' bounding box, so the cost
+    does not grow with the size of the scan.
+    """
+    lung = np.asarray(lung, dtype=bool)
+    if not lung.any():
+        return np.zeros((0, 3), dtype=np.int64)
+    box = ndimage.find_objects(lung.astype(np.uint8))[0]
+    lo = np.array([max(b.start - (reach if i else 0), 0) for i, b in enumerate(box)])
+    hi = np.array([min(b.stop + (reach if i else 0), sz) for i, (b, sz) in enumerate(zip(box, lung.shape))])
+    out, tries = [], 0
+    while sum(len(o) for o in out) < n and tries < 20:
+        tries += 1
+        cand = rng.integers(lo, hi, size=(4 * n, 3))
+        z, y, x = cand.T
+        ok = lung[z, y, x].copy()
+        for dy, dx in ((reach, 0), (-reach, 0), (0, reach), (0, -reach)):
+            yy = np.clip(y + dy, 0, lung.shape[1] - 1)
+            xx = np.clip(x + dx, 0, lung.shape[2] - 1)
+            ok |= lung[z, yy, xx]
+        out.append(cand[ok])
+    pts = np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
+    return pts[:n]
 
 
 class _CasePool:
@@ -292,13 +322,14 @@ class _FPREntry:
 
 
 #: Share of each kind of negative in a batch (renormalised over the kinds a data set has).
-NEGATIVE_MIX = {"known": 0.4, "hard": 0.35, "random": 0.25}
+NEGATIVE_MIX = {"known": 0.25, "hard": 0.6, "random": 0.15}
 
 
 class FPRDataset(_PyDataset):
     """Batches ``(inputs, targets, sample_weights)`` for the FPR network.
 
-    * ``inputs``: ``{"patch": (B, P, P, P, 1) float32 in [0, 1], "scale": (B, 1) float32}``,
+    * ``inputs``: ``{"patch": (B, P, P, P, 1) float32 in [0, 1], "scale": (B, 1) float32}``
+      (``views="orthogonal"``: patches (B, P, P, 3), see :func:`lungcad.fpr.extract_patches`),
       the scale being log2 of the patch spacing in mm, as in :func:`lungcad.fpr.classify_candidates`;
     * ``targets``: ``{"nodule": (B, 1), "malignancy": (B, 1)}`` float32;
     * ``sample_weights``: ``{"nodule": (B,), "malignancy": (B,)}`` float32.  The malignancy
@@ -329,8 +360,10 @@ class FPRDataset(_PyDataset):
                  steps: int = 100, positive_fraction: float = 0.5, augment: bool = True, seed: int = 0,
                  hard_negatives: dict[str, pd.DataFrame] | None = None,
                  max_cases_in_memory: int | None = None, margin_mm: float = 10.0,
-                 threshold_hu: float = -320.0, verbose: bool = False, **kwargs):
+                 threshold_hu: float = -320.0, verbose: bool = False, views: str = "cube", **kwargs):
         super().__init__(**kwargs)
+        patch_shape(views, 4)   # raises for an unknown kind of view
+        self.views = views
         if batch_size < 2 or steps < 1 or patch_size < 4:
             raise ValueError(f"batch_size >= 2, steps >= 1 and patch_size >= 4 expected. Received "
                              f"batch_size={batch_size}, steps={steps}, patch_size={patch_size}")
@@ -358,19 +391,12 @@ class FPRDataset(_PyDataset):
         pos = les[(les["nodule"] == 1) | les["malignancy"].notna()].reset_index(drop=True)
         _, lung = lung_box_of(case, margin_mm=self.margin_mm, threshold_hu=self.threshold_hu)
         rng = np.random.default_rng([self.seed, 5, zlib.crc32(case.patient_id.encode())])
-        # lung points, and the tissue just around the lungs (mediastinum, pleura, hilum)
-        near = ndimage.binary_dilation(lung, iterations=2) if lung.any() else lung
-        pts = np.argwhere(near)
-        if len(pts) > 20000:
-            pts = pts[rng.choice(len(pts), 20000, replace=False)]
+        pts = random_lung_points(lung, rng, n=4000)
         xyz = voxel_to_world(pts.astype(float), spacing=vol.spacing, origin=vol.origin,
                              direction=vol.direction) if len(pts) else np.zeros((0, 3))
-        xyz = np.atleast_2d(xyz).reshape(-1, 3)
-        rand = pd.DataFrame(xyz, columns=["coordX", "coordY", "coordZ"])
+        rand = pd.DataFrame(np.atleast_2d(xyz).reshape(-1, 3), columns=["coordX", "coordY", "coordZ"])
         rand["diameter_mm"] = math.nan
         rand = drop_near(rand, les, margin_mm=10.0)
-        if len(rand) > 4000:
-            rand = rand.iloc[rng.choice(len(rand), 4000, replace=False)]
         hard = self.hard_negatives.get(case.patient_id)
         hard = (hard[["coordX", "coordY", "coordZ", "diameter_mm"]].reset_index(drop=True)
                 if hard is not None and len(hard) else pd.DataFrame(columns=["coordX", "coordY", "coordZ",
@@ -459,7 +485,7 @@ class FPRDataset(_PyDataset):
             diam = diam * np.exp(rng.uniform(-0.2, 0.2, B))
             rot = np.stack([_random_rotation(rng) for _ in range(B)])
         scales = patch_spacing(diam, patch_size=P, patch_mm=self.patch_mm, fit_fraction=self.fit_fraction)
-        patches = np.empty((B, P, P, P, 1), dtype=np.float32)
+        patches = np.empty((B, *patch_shape(self.views, P)), dtype=np.float32)
         ents = self.pool.entries
         for b in range(B):
             patches[b] = self._patch(ents[int(s["case"].iloc[b])], centres[b], scales[b], rot[b])
@@ -482,12 +508,12 @@ class FPRDataset(_PyDataset):
         lo = np.clip(np.floor(c).astype(int) - ext, 0, shape)
         hi = np.clip(np.floor(c).astype(int) + ext + 1, 0, shape)
         if np.any(hi - lo < 2):   # the cube lies outside the scan: it is all air
-            return np.zeros((self.patch_size,) * 3 + (1,), dtype=np.float32)
+            return np.zeros(patch_shape(self.views, self.patch_size), dtype=np.float32)
         crop = e.hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         origin = voxel_to_world(lo.astype(float), spacing=e.spacing, origin=e.origin, direction=e.direction)
         return extract_patches(crop, centre[None], spacing=e.spacing, origin=origin, direction=e.direction,
                                scales_mm=[scale], patch_size=self.patch_size, window_hu=self.window_hu,
-                               rotation=rotation[None])[0]
+                               rotation=rotation[None], views=self.views)[0]
 
 
 def _random_rotation(rng) -> np.ndarray:

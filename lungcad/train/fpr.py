@@ -19,7 +19,8 @@ import pandas as pd
 import keras
 
 from lungcad.config import PipelineConfig
-from lungcad.fpr import MALIGNANCY, NODULE, build_fpr_model
+from lungcad.fpr import MALIGNANCY, NODULE, build_fpr_model, model_views, patch_shape, views_for
+from lungcad.models.registry import REGISTRY
 from lungcad.train.common import (TrainResult, TrainSettings, detect_candidates, fit, last_metrics,
                                   make_card, match_candidates, roc_auc, write_outputs)
 from lungcad.train.data import Case, CaseLike, CaseRef, apply_patient_labels, drop_near, split_by_patient
@@ -29,10 +30,12 @@ from lungcad.train.datasets import FPRDataset
 DEFAULT_WRN = {"depth": 10, "width": 1, "dropout": 0.0}
 
 
-def mine_candidates(cases: Sequence[CaseLike], segmenter, *, config: PipelineConfig,
-                    verbose: bool = False) -> dict[str, pd.DataFrame]:
-    """The segmenter's candidate table of every case, by patient id (as inference finds them)."""
-    out = {}
+def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: PipelineConfig,
+                        max_per_case: int = 24, verbose: bool = False
+                        ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Candidates of the segmenter on each case and, among them, the hard negatives
+    (:func:`hard_negatives`), both by patient id.  One case is in memory at a time."""
+    mined, hard = {}, {}
     it = cases
     if verbose:
         from tqdm.auto import tqdm
@@ -40,8 +43,11 @@ def mine_candidates(cases: Sequence[CaseLike], segmenter, *, config: PipelineCon
         it = tqdm(cases, desc="mining candidates", unit="case", leave=False)
     for ref in it:
         case = ref.load()
-        out[case.patient_id] = detect_candidates(case.volume, segmenter, config)
-    return out
+        cands = detect_candidates(case.volume, segmenter, config)
+        mined[case.patient_id] = cands
+        hard[case.patient_id] = hard_negatives(case, cands, max_per_case=max_per_case)
+        del case
+    return mined, hard
 
 
 def hard_negatives(case: Case, candidates: pd.DataFrame, *, max_per_case: int = 24) -> pd.DataFrame:
@@ -83,7 +89,8 @@ def fpr_datasets(train_cases, val_cases, *, config: PipelineConfig, settings: Tr
     """The training and validation :class:`FPRDataset` for a pipeline config."""
     f, lm = config.fpr, config.lungmask
     common = dict(patch_size=f.patch_size, patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
-                  window_hu=f.window_hu, batch_size=settings.batch_size, hard_negatives=hard,
+                  window_hu=f.window_hu, views=views_for(f.backbone), batch_size=settings.batch_size,
+                  hard_negatives=hard,
                   positive_fraction=positive_fraction, margin_mm=lm.margin_mm,
                   threshold_hu=lm.threshold_hu, max_cases_in_memory=settings.max_cases_in_memory,
                   verbose=settings.verbose == 1)
@@ -123,7 +130,8 @@ def evaluate_fpr(model, cases: Sequence[CaseLike], *, config: PipelineConfig | N
     f = config.fpr
     loaded = [c.load() for c in cases]
     data = FPRDataset(loaded, patch_size=f.patch_size, patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
-                      window_hu=f.window_hu, batch_size=batch_size, steps=steps, augment=False, seed=seed,
+                      window_hu=f.window_hu, views=model_views(model) or views_for(f.backbone),
+                      batch_size=batch_size, steps=steps, augment=False, seed=seed,
                       margin_mm=config.lungmask.margin_mm, threshold_hu=config.lungmask.threshold_hu)
     pred = predict_dataset(model, data)
     out: dict = {"n_scans": len(loaded), "n_patches": int(len(pred))}
@@ -172,7 +180,7 @@ def _pipeline_metrics(cases: Sequence[Case], *, segmenter, classifier, config) -
 
 
 def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None,
-              settings: TrainSettings | None = None, backbone: str = "wrn3d",
+              settings: TrainSettings | None = None, backbone: str | None = None,
               backbone_kwargs: dict | None = None, head_units: int = 64, dropout: float = 0.3,
               malignancy_weight: float = 0.5, segmenter=None, max_hard_per_case: int = 24,
               mine_cases: int | None = None,
@@ -187,7 +195,9 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     cases : Case or CaseRef objects (see :mod:`lungcad.train.data`)
     config : the pipeline whose FPR preprocessing the network is trained for
     settings : epochs, steps, batch size, seed... (:class:`TrainSettings`)
-    backbone, backbone_kwargs : the zoo backbone (default WRN-3D depth 10, width 1)
+    backbone, backbone_kwargs : the zoo backbone (default: the config's ``[fpr] backbone``;
+        a WideResNet defaults to depth 10, width 1).  A 2-D backbone is trained on
+        orthogonal views, a 3-D one on cubes.
     head_units, dropout : the heads of :func:`lungcad.fpr.build_fpr_model`
     malignancy_weight : weight of the malignancy loss against the nodule loss
     segmenter : a candidate U-Net; its candidates give hard negatives and weak labels
@@ -203,23 +213,22 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     settings = settings or TrainSettings(batch_size=32)
     settings.check()
     keras.utils.set_random_seed(settings.seed)
-    bkw = {**DEFAULT_WRN, **(backbone_kwargs or {})}
-    if settings.max_cases_in_memory is None:
-        cases = [c.load() for c in cases]      # phantoms are made once, for mining and training
+    if backbone is not None and backbone != config.fpr.backbone:
+        config = config.with_overrides({"fpr.backbone": backbone})
+    backbone = config.fpr.backbone
+    views = views_for(backbone)               # ValueError for an unknown or unsuitable backbone
+    family_defaults = DEFAULT_WRN if REGISTRY[backbone].family == "wideresnet" else {}
+    bkw = {**family_defaults, **(backbone_kwargs or {})}
     hard: dict[str, pd.DataFrame] = {}
-    n_hard = 0
     if segmenter is not None:
         to_mine = list(cases)
         if mine_cases is not None and mine_cases < len(to_mine):
             pick = np.random.default_rng([settings.seed, 17]).choice(len(to_mine), int(mine_cases), replace=False)
             to_mine = [to_mine[i] for i in sorted(pick)]
-        mined = mine_candidates(to_mine, segmenter, config=config, verbose=settings.verbose == 1)
+        mined, hard = mine_hard_negatives(to_mine, segmenter, config=config, max_per_case=max_hard_per_case,
+                                          verbose=settings.verbose == 1)
         cases = _with_weak_labels(cases, mined)
-        for c in cases:
-            if c.patient_id in mined:
-                hard[c.patient_id] = hard_negatives(c.load(), mined[c.patient_id],
-                                                    max_per_case=max_hard_per_case)
-                n_hard += len(hard[c.patient_id])
+    n_hard = sum(len(h) for h in hard.values())
     train_cases, val_cases = split_by_patient(cases, val_fraction=settings.val_fraction, seed=settings.seed)
     train_ds, val_ds = fpr_datasets(train_cases, val_cases, config=config, settings=settings, hard=hard,
                                     positive_fraction=positive_fraction)
@@ -257,7 +266,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
         name="fpr", task="false-positive reduction: nodule and malignancy probabilities of a candidate",
         model=net,
         architecture={"backbone": backbone, "backbone_kwargs": bkw, "head_units": head_units,
-                      "dropout": dropout, "inputs": {"patch": [f.patch_size] * 3 + [1], "scale": [1]},
+                      "dropout": dropout, "views": views,
+                      "inputs": {"patch": list(patch_shape(views, f.patch_size)), "scale": [1]},
                       "outputs": [NODULE, MALIGNANCY]},
         preprocessing={"patch_size": f.patch_size, "patch_mm": f.patch_mm, "fit_fraction": f.fit_fraction,
                        "window_hu": list(f.window_hu), "positive_fraction": positive_fraction,
