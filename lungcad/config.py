@@ -55,7 +55,7 @@ class MorphologyConfig:
 @dataclass
 class FPRConfig:
     weights: str = "builtin:fpr.keras"
-    backbone: str = "wrn3d"          # zoo classifier: 3-D ones see a cube, 2-D ones orthogonal views
+    backbone: str = "wrn2d"          # zoo classifier: 3-D ones see a cube, 2-D ones orthogonal views
     patch_size: int = 32             # voxels per side of the cube
     patch_mm: float = 1.0            # isotropic spacing of the cube for nodules
     fit_fraction: float = 0.7        # a lesion fills at most this fraction of the cube; larger -> coarser

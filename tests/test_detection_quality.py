@@ -15,12 +15,12 @@ from lungcad.pipeline import Pipeline
 from lungcad.synthetic import generate_phantom
 
 # Guarded levels (see README "Results"): measured with the shipped weights, minus a margin.
-PHANTOM_MIN_CPM = 0.10              # measured 0.12; issue 5 target: 0.8 on 4 patients
-PETCT_MIN_SERIES_IN_TOP3 = 2        # issue 5 target: 4
+PHANTOM_MIN_CPM = 0.60              # measured 0.67; issue 5 target: 0.8 on 4 patients
+PETCT_MIN_SERIES_IN_TOP3 = 2        # measured 2 (A0001: ranks 1, 2; A0002: 15, 18); target: 4
 PETCT_MIN_PATIENT_PROB = 0.5
 LIDC_MIN_HITS_ANY = 3
-LIDC_MIN_HITS_IN_TOP10 = 0          # issue 5 target: 3 (not reached yet)
-FPR_MIN_AUC = 0.70                  # measured 0.776 (nodules vs vessel crossings)
+LIDC_MIN_HITS_IN_TOP10 = 2          # measured 2 (ranks 0, 1; the 31 mm lesion at 19); target: 3
+FPR_MIN_AUC = 0.85                  # measured 0.917 (nodules vs vessel crossings)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_lung_pet_ct_dx_tumours_rank_high(pipeline, petct_dir):
 def test_lidc_0003_reference_lesions_are_found(pipeline, lidc_dir):
     """Each lesion marked by all four readers is hit (within its radius) by a candidate.
 
-    Issue 5 asks for each within the top 10; with the current weights they are found but
-    ranked lower (README "Results"), so this guards the recall and the best rank reached.
+    Issue 5 asks for each within the top 10; with the current weights two are (ranks 0 and
+    1) and the 31 mm lesion is found lower (README "Results"), so this guards what is reached.
     """
     cons = pd.read_csv(lidc_dir / "annotations_consensus.csv")
     cons = cons[cons["n_readers"] >= 4]
@@ -109,7 +109,8 @@ def test_fpr_ranks_nodules_above_vessel_crossings(pipeline):
             scales = patch_spacing(d, patch_size=cfg.patch_size, patch_mm=cfg.patch_mm, fit_fraction=cfg.fit_fraction)
             patches = extract_patches(vol.hu, table[["coordX", "coordY", "coordZ"]].to_numpy(float),
                                       spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
-                                      scales_mm=scales, patch_size=cfg.patch_size, window_hu=cfg.window_hu)
+                                      scales_mm=scales, patch_size=cfg.patch_size, window_hu=cfg.window_hu,
+                                      views=pipeline.fpr_views)
             out = pipeline.classifier.predict_on_batch(
                 {"patch": patches, "scale": np.log2(scales)[:, None].astype(np.float32)})
             sink.extend(np.asarray(out["nodule"]).reshape(-1).tolist())

@@ -1,4 +1,6 @@
 """The Pipeline end to end on a hand-made chest, with toy models and with real Keras models."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -8,6 +10,8 @@ from lungcad.config import PipelineConfig
 from lungcad.errors import StageError
 from lungcad.pipeline import Pipeline
 from lungcad.volume import CTVolume
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 SPACING = (2.5, 1.0, 1.0)
@@ -46,9 +50,11 @@ def toy_segmenter(x):
 
 
 def toy_classifier(inputs):
+    """Density at the patch centre: of the cube, or of the axial view (orthogonal views)."""
     p = inputs["patch"]
     c = p.shape[1] // 2
-    dense = p[:, c - 1:c + 1, c - 1:c + 1, c - 1:c + 1, 0].mean(axis=(1, 2, 3))
+    centre = p[:, c - 1:c + 1, c - 1:c + 1, c - 1:c + 1, 0] if p.ndim == 5 else p[:, c - 1:c + 1, c - 1:c + 1, 0]
+    dense = centre.reshape(len(p), -1).mean(axis=1)
     return {"nodule": dense[:, None], "malignancy": np.full((len(p), 1), 0.5, np.float32)}
 
 
@@ -100,7 +106,7 @@ def test_pipeline_with_real_keras_models(tmp_path):
     clf.save(tmp_path / "clf.keras")
     toml = tmp_path / "p.toml"
     toml.write_text('[candidates]\nweights = "seg.keras"\ntile = 4\n'
-                    '[fpr]\nweights = "clf.keras"\npatch_size = 16\n'
+                    '[fpr]\nweights = "clf.keras"\nbackbone = "wrn3d"\npatch_size = 16\n'
                     '[morphology]\nthreshold = 0.0\n')
     vol, _ = toy_chest()
     result = Pipeline.from_toml(toml).run(vol)
@@ -146,3 +152,14 @@ def test_pipeline_file_selects_the_fpr_backbone(tmp_path):
     (tmp_path / "unet.toml").write_text(head + '[fpr]\nweights = "wrn2d.keras"\nbackbone = "unet2d"\n')
     with pytest.raises(ConfigError, match=r"\[fpr\] backbone: FPR backbone 'unet2d' is a segmentation"):
         Pipeline.from_toml(tmp_path / "unet.toml").run(vol)
+
+
+def test_shipped_cube_pipeline_runs_its_3d_network():
+    """pipelines/cube.toml: the shipped 3-D FPR weights behind [fpr] backbone = "wrn3d"."""
+    pytest.importorskip("keras")
+    pipe = Pipeline.from_toml(REPO / "pipelines" / "cube.toml", segmenter=toy_segmenter)
+    assert pipe.config.fpr.backbone == "wrn3d" and pipe.fpr_views == "cube"
+    vol, _ = toy_chest()
+    result = pipe.run(vol)
+    assert pipe.classifier.input["patch"].shape[1:] == (32, 32, 32, 1)
+    assert len(result.candidates) >= 1 and result.candidates["nodule_prob"].between(0, 1).all()
