@@ -49,7 +49,7 @@ class MorphologyConfig:
     z_merge_mm: float = 5.0
     max_gap_slices: int = 1
     min_diameter_mm: float = 3.0
-    max_candidates: int = 64
+    max_candidates: int = 200
 
 
 @dataclass

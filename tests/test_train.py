@@ -379,9 +379,11 @@ def test_cli_train_segmenter_resume(segmenter_run, tmp_path):
 
 
 def test_cli_train_fpr(tmp_path):
-    r = _train(["fpr", *TINY_DATA, "--epochs", "2", "--depth", "10", "--width", "1",
+    r = _train(["fpr", *TINY_DATA, "--epochs", "2", "--model", "wrn3d", "--depth", "10", "--width", "1",
                 "--out", str(tmp_path / "fpr.keras"), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    # the default pipeline's backbone is another one: the command says what a pipeline needs
+    assert '[fpr] backbone = "wrn3d"' in r.stdout
     model = keras.saving.load_model(tmp_path / "fpr.keras", safe_mode=True, compile=False)
     x = {"patch": np.zeros((3, 32, 32, 32, 1), np.float32), "scale": np.zeros((3, 1), np.float32)}
     y = model.predict(x, verbose=0)
@@ -397,11 +399,12 @@ def test_cli_train_fpr(tmp_path):
 
 
 def test_cli_train_fpr_on_a_2d_backbone(tmp_path):
-    """--model picks another zoo backbone; a 2-D one learns from orthogonal views."""
-    r = _train(["fpr", *TINY_DATA, "--epochs", "1", "--model", "wrn2d", "--depth", "10", "--width", "1",
+    """The pipeline's [fpr] backbone (wrn2d by default) is trained unless --model says otherwise;
+    a 2-D one learns from orthogonal views."""
+    r = _train(["fpr", *TINY_DATA, "--epochs", "1", "--depth", "10", "--width", "1",
                 "--out", str(tmp_path / "fpr2d.keras"), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert '[fpr] backbone = "wrn2d"' in r.stdout
+    assert "[fpr] backbone =" not in r.stdout              # it is the pipeline's backbone already
     from lungcad.fpr import model_backbone, model_views
 
     model = keras.saving.load_model(tmp_path / "fpr2d.keras", safe_mode=True, compile=False)
