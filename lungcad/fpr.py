@@ -191,7 +191,8 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
         patches = extract_patches(volume.hu, centres[s:e], spacing=volume.spacing, origin=volume.origin,
                                   direction=volume.direction, scales_mm=scales[s:e],
                                   patch_size=patch_size, window_hu=window_hu, views=views)
-        pred = _predict(model, {"patch": patches, "scale": np.log2(scales[s:e])[:, None].astype(np.float32)})
+        pred = _predict(model, {"patch": patches, "scale": np.log2(scales[s:e])[:, None].astype(np.float32)},
+                        batch_size=batch_size)
         nod[s:e] = np.asarray(pred[NODULE], dtype=np.float32).reshape(-1)
         mal[s:e] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(-1)
     out["nodule_prob"] = nod.astype(float)
@@ -201,7 +202,14 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     return out.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _predict(model, inputs):
-    if hasattr(model, "predict_on_batch"):
-        return model.predict_on_batch(inputs)
-    return model(inputs)
+def _predict(model, inputs, *, batch_size: int):
+    """A Keras model sees full batches only (the last one padded with zeros), so that its
+    compiled predict step is traced once per scan size rather than once per batch size."""
+    if not hasattr(model, "predict_on_batch"):
+        return model(inputs)
+    n = len(inputs["patch"])
+    if n < batch_size:
+        inputs = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
+                  for k, v in inputs.items()}
+    out = model.predict_on_batch(inputs)
+    return {k: np.asarray(v)[:n] for k, v in out.items()}

@@ -179,6 +179,21 @@ def test_fpr_dataset_shapes_balance_weights_and_alignment(toys):
     assert counts["known"] > 0 and counts["random"] > 0 and "hard" not in counts
 
 
+def test_fpr_dataset_orthogonal_views_and_benign_negatives(toys):
+    ds = FPRDataset(toys, batch_size=16, steps=3, seed=2, views="orthogonal", negatives_benign=True)
+    for i in range(len(ds)):
+        x, y, w = ds[i]
+        assert x["patch"].shape == (16, 32, 32, 3)
+        pos = y["nodule"][:, 0] == 1
+        # every sample teaches the malignancy head: lesions their label, the rest "not malignant"
+        np.testing.assert_array_equal(w["malignancy"], np.ones(16, np.float32))
+        np.testing.assert_array_equal(y["malignancy"][~pos, 0], 0.0)
+        np.testing.assert_allclose(y["malignancy"][pos, 0], 0.8)
+        # the three views cross at the lesion: its core is bright in each
+        centre = x["patch"][:, 14:18, 14:18, :].mean(axis=(1, 2))
+        assert np.all(centre[pos] > (LESION_HU + 1000) / 1400.0 - 0.15)
+
+
 def test_random_lung_points_stay_in_or_next_to_the_lungs(toys):
     from lungcad.train.datasets import random_lung_points
 

@@ -98,6 +98,9 @@ def add_parser(sub, parents):
     m.add_argument("--mine-cases", type=int, metavar="N",
                    help="fpr: mine hard negatives on N scans drawn with the seed (default: all)")
     m.add_argument("--malignancy-weight", type=float, default=0.5, help="fpr: weight of the malignancy loss")
+    m.add_argument("--negatives-benign", action="store_true",
+                   help="fpr: candidates that are not lesions teach the malignancy head too (target 0), so "
+                        "that it reads as the probability of a malignant lesion")
     p.set_defaults(func=run)
     return p
 
@@ -286,6 +289,7 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
         malignancy_weight=args.malignancy_weight, segmenter=segmenter,
         max_hard_per_case=args.max_hard_per_case, mine_cases=args.mine_cases,
         positive_fraction=0.5 if args.positive_fraction is None else args.positive_fraction,
+        negatives_benign=args.negatives_benign,
         out=out, run_dir=Path(args.run_dir or "runs/fpr"), resume=args.resume, holdout=holdout,
         data_info=data_info)
     _report(result, "fpr")

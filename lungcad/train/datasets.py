@@ -335,7 +335,10 @@ class FPRDataset(_PyDataset):
     * ``sample_weights``: ``{"nodule": (B,), "malignancy": (B,)}`` float32.  The malignancy
       head learns from lesions with a known malignancy only (weight 0 elsewhere, and the
       target is then 0 rather than NaN); the nodule head from every sample whose nodule
-      status is known (weak DSB2017 candidates have weight 0 there).
+      status is known (weak DSB2017 candidates have weight 0 there).  With
+      ``negatives_benign`` the negatives also teach the malignancy head (target 0,
+      weight 1): it then reads as the probability of a *malignant lesion*, and the
+      false positives that pass FPR add little to the patient's noisy-OR.
 
     Half of each batch (``positive_fraction``) are lesions, the rest negatives drawn by
     :data:`NEGATIVE_MIX` from known negatives (``case.negatives``: phantom distractors,
@@ -360,10 +363,12 @@ class FPRDataset(_PyDataset):
                  steps: int = 100, positive_fraction: float = 0.5, augment: bool = True, seed: int = 0,
                  hard_negatives: dict[str, pd.DataFrame] | None = None,
                  max_cases_in_memory: int | None = None, margin_mm: float = 10.0,
-                 threshold_hu: float = -320.0, verbose: bool = False, views: str = "cube", **kwargs):
+                 threshold_hu: float = -320.0, verbose: bool = False, views: str = "cube",
+                 negatives_benign: bool = False, **kwargs):
         super().__init__(**kwargs)
         patch_shape(views, 4)   # raises for an unknown kind of view
         self.views = views
+        self.negatives_benign = bool(negatives_benign)
         if batch_size < 2 or steps < 1 or patch_size < 4:
             raise ValueError(f"batch_size >= 2, steps >= 1 and patch_size >= 4 expected. Received "
                              f"batch_size={batch_size}, steps={steps}, patch_size={patch_size}")
@@ -464,7 +469,7 @@ class FPRDataset(_PyDataset):
             if math.isnan(d):
                 d = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0)) if rng.random() < 0.8
                                  else rng.uniform(np.log(30.0), np.log(80.0))))
-            rows.append((i, kind, x, y, z, d, 0.0, 1.0, 0.0, 0.0))
+            rows.append((i, kind, x, y, z, d, 0.0, 1.0, 0.0, 1.0 if self.negatives_benign else 0.0))
         order = rng.permutation(len(rows))
         cols = ["case", "kind", "coordX", "coordY", "coordZ", "diameter_mm", "nodule", "nodule_weight",
                 "malignancy", "malignancy_weight"]

@@ -85,12 +85,13 @@ def _with_weak_labels(cases: Sequence[CaseLike], mined: dict[str, pd.DataFrame])
 
 
 def fpr_datasets(train_cases, val_cases, *, config: PipelineConfig, settings: TrainSettings,
-                 hard: dict[str, pd.DataFrame] | None, positive_fraction: float = 0.5):
+                 hard: dict[str, pd.DataFrame] | None, positive_fraction: float = 0.5,
+                 negatives_benign: bool = False):
     """The training and validation :class:`FPRDataset` for a pipeline config."""
     f, lm = config.fpr, config.lungmask
     common = dict(patch_size=f.patch_size, patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
                   window_hu=f.window_hu, views=views_for(f.backbone), batch_size=settings.batch_size,
-                  hard_negatives=hard,
+                  hard_negatives=hard, negatives_benign=negatives_benign,
                   positive_fraction=positive_fraction, margin_mm=lm.margin_mm,
                   threshold_hu=lm.threshold_hu, max_cases_in_memory=settings.max_cases_in_memory,
                   verbose=settings.verbose == 1)
@@ -184,7 +185,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
               backbone_kwargs: dict | None = None, head_units: int = 64, dropout: float = 0.3,
               malignancy_weight: float = 0.5, segmenter=None, max_hard_per_case: int = 24,
               mine_cases: int | None = None,
-              positive_fraction: float = 0.5, out: str | Path | None = None,
+              positive_fraction: float = 0.5, negatives_benign: bool = False,
+              out: str | Path | None = None,
               run_dir: str | Path = "runs/fpr", resume: bool = False,
               holdout: Sequence[CaseLike] | None = None, data_info: dict | None = None,
               command: str | None = None) -> TrainResult:
@@ -202,6 +204,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     malignancy_weight : weight of the malignancy loss against the nodule loss
     segmenter : a candidate U-Net; its candidates give hard negatives and weak labels
     max_hard_per_case : hard negatives kept per scan
+    negatives_benign : negatives teach the malignancy head too (target 0), see :class:`FPRDataset`
     mine_cases : run the segmenter on this many scans (drawn with the seed) rather than all:
         the U-Net over whole scans is the slow part of mining on a CPU
     out : the ``.keras`` file to write (and ``<name>.card.json`` beside it); None writes none
@@ -231,7 +234,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     n_hard = sum(len(h) for h in hard.values())
     train_cases, val_cases = split_by_patient(cases, val_fraction=settings.val_fraction, seed=settings.seed)
     train_ds, val_ds = fpr_datasets(train_cases, val_cases, config=config, settings=settings, hard=hard,
-                                    positive_fraction=positive_fraction)
+                                    positive_fraction=positive_fraction, negatives_benign=negatives_benign)
     f = config.fpr
 
     def build():
@@ -271,6 +274,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
                       "outputs": [NODULE, MALIGNANCY]},
         preprocessing={"patch_size": f.patch_size, "patch_mm": f.patch_mm, "fit_fraction": f.fit_fraction,
                        "window_hu": list(f.window_hu), "positive_fraction": positive_fraction,
+                       "negatives_benign": bool(negatives_benign),
                        "malignancy_loss_weight": malignancy_weight},
         data=data, settings=settings, fit_info=info, metrics=metrics, command=command)
     out_path, card_path = write_outputs(net, card, Path(out) if out else None, build=build)
