@@ -27,7 +27,8 @@ def import_keras(*, debug: bool = False):
     """Import Keras (and its backend) with the backend's import-time C++ log lines hidden.
 
     TensorFlow writes INFO lines (oneDNN, CUDA probing) straight to file descriptor 2 while
-    it is imported, whatever TF_CPP_MIN_LOG_LEVEL says; a batch job's stderr should hold
+    it is imported and when it first looks for GPUs (done here, while hidden), whatever
+    TF_CPP_MIN_LOG_LEVEL says; a batch job's stderr should hold
     only its own one-line errors.  With ``debug`` nothing is hidden.  Import errors are
     raised as usual once stderr is restored.
     """
@@ -40,6 +41,13 @@ def import_keras(*, debug: bool = False):
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
             import keras
+            if keras.backend.backend() == "tensorflow":
+                # probing for GPUs (on first use) logs "failed call to cuInit" on CPU machines
+                import tensorflow as tf
+                tf.config.list_physical_devices("GPU")
+            elif keras.backend.backend() == "jax":
+                import jax
+                jax.devices()                # PjRt logs its device count once, here
     finally:
         os.dup2(saved, 2)
         os.close(saved)
