@@ -41,26 +41,32 @@ def load_keras_model(path: str | Path):
         raise InputError(p, f"not a loadable .keras model: {e}") from e
 
 
+def config_views(config: PipelineConfig) -> str:
+    """The patches ``[fpr] backbone`` takes (:func:`lungcad.fpr.views_for`), or ConfigError."""
+    from lungcad.fpr import views_for
+
+    try:
+        return views_for(config.fpr.backbone)
+    except ValueError as e:
+        raise ConfigError(f"[fpr] backbone: {e}") from None
+
+
 def check_fpr_model(model, config: PipelineConfig, path) -> None:
     """Raise ConfigError unless an FPR weights file fits the pipeline's ``[fpr]`` section:
     the backbone it holds, and the patch it takes."""
-    from lungcad.fpr import model_backbone, model_views, patch_shape, views_for
+    from lungcad.fpr import model_backbone, patch_shape
 
     f = config.fpr
-    try:
-        views = views_for(f.backbone)
-    except ValueError as e:
-        raise ConfigError(f"[fpr] backbone: {e}") from None
+    expected = patch_shape(config_views(config), f.patch_size)
     held = model_backbone(model)
     if held is not None and held != f.backbone:
         raise ConfigError(f"{path}: these FPR weights hold a {held!r} backbone, but the pipeline's "
                           f"[fpr] backbone is {f.backbone!r}. Set [fpr] backbone = \"{held}\", or train "
                           f"weights for {f.backbone!r} with `lungcad train fpr --pipeline FILE` and point "
                           f"[fpr] weights at them")
-    expected = patch_shape(views, f.patch_size)
     patch = model.input.get("patch") if isinstance(getattr(model, "input", None), dict) else None
     got = tuple(patch.shape[1:]) if patch is not None else None
-    if model_views(model) != views or got != expected:
+    if got != expected:
         raise ConfigError(f"{path}: the FPR network takes patches of shape {got}, but [fpr] "
                           f"(backbone {f.backbone!r}, patch_size {f.patch_size}) makes {expected}")
 
@@ -118,15 +124,14 @@ class Pipeline:
 
     @property
     def fpr_views(self) -> str:
-        """The patches the FPR network takes: ``"cube"`` or ``"orthogonal"`` (from ``[fpr] backbone``)."""
-        from lungcad.fpr import model_views, views_for
+        """The patches the FPR network takes: ``"cube"`` or ``"orthogonal"``.
 
-        if self._classifier is not None and model_views(self._classifier):
-            return model_views(self._classifier)
-        try:
-            return views_for(self.config.fpr.backbone)
-        except ValueError as e:
-            raise ConfigError(f"[fpr] backbone: {e}") from None
+        Read from a Keras classifier's input; otherwise (a toy callable, or nothing
+        loaded yet) from ``[fpr] backbone``.
+        """
+        from lungcad.fpr import model_views
+
+        return (model_views(self._classifier) if self._classifier is not None else None) or config_views(self.config)
 
     def load_models(self) -> None:
         """Load both networks now (a batch run does it once, before the first scan)."""

@@ -145,6 +145,14 @@ def test_compressed_series(tmp_path, compress):
     assert got.meta["transfer_syntax"] == str(ts.TransferSyntaxUID)
 
 
+def _without_pydicom_decoders(monkeypatch) -> None:
+    """Make pydicom's pixel decoding fail as it does for a transfer syntax it has no plugin for."""
+    def no_decoder(path):
+        raise NotImplementedError("no decoder for this transfer syntax (test)")
+
+    monkeypatch.setattr(io_dicom, "_decode_file", no_decoder)
+
+
 def _recompress_jpeg_lossless(src: Path, dst: Path) -> None:
     """Rewrite each file of a series as JPEG Lossless (Process 14, SV1) with GDCM via SimpleITK:
     pydicom has no encoder for it, and this is what many archives send."""
@@ -178,10 +186,7 @@ def test_jpeg_lossless_series(tmp_path, monkeypatch):
     np.testing.assert_allclose(got.direction, vol.direction, atol=1e-6)
 
     # and through the GDCM fallback, when pydicom has no decoder
-    def no_decoder(path):
-        raise NotImplementedError("no decoder for this transfer syntax (test)")
-
-    monkeypatch.setattr(io_dicom, "_decode_file", no_decoder)
+    _without_pydicom_decoders(monkeypatch)
     again = load_ct(tmp_path / "jpeg")
     assert again.meta["reader"] == "simpleitk"
     np.testing.assert_array_equal(again.hu, vol.hu)
@@ -203,11 +208,7 @@ def test_simpleitk_reads_the_same_series(tmp_path):
 def test_gdcm_fallback_when_pydicom_cannot_decode(tmp_path, monkeypatch):
     vol = make_volume()
     write_dicom_series(vol, tmp_path, compress="rle")
-
-    def no_decoder(path):
-        raise NotImplementedError("no decoder for this transfer syntax (test)")
-
-    monkeypatch.setattr(io_dicom, "_decode_file", no_decoder)
+    _without_pydicom_decoders(monkeypatch)
     got = load_ct(tmp_path)
     assert got.meta["reader"] == "simpleitk"
     np.testing.assert_array_equal(got.hu, vol.hu)

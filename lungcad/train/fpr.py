@@ -222,6 +222,9 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     views = views_for(backbone)               # ValueError for an unknown or unsuitable backbone
     family_defaults = DEFAULT_WRN if REGISTRY[backbone].family == "wideresnet" else {}
     bkw = {**family_defaults, **(backbone_kwargs or {})}
+    if settings.max_cases_in_memory is None:
+        # every case is held for training anyway: load (or generate) each once, for mining too
+        cases = [c.load() for c in cases]
     hard: dict[str, pd.DataFrame] = {}
     if segmenter is not None:
         to_mine = list(cases)
