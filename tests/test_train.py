@@ -270,6 +270,42 @@ def test_hard_negatives_keep_clear_of_lesions(toys):
     assert out["coordX"].tolist() == [c.coordX + 40]          # r + 5 mm = 11 mm is too close
 
 
+
+def test_mining_ranks_hard_negatives_by_an_fpr_network(toys):
+    """Bootstrapping: with an FPR network the hard negatives are the non-lesions it scores
+    highest (its mistakes), in that order, rather than the U-Net's most probable ones."""
+    from lungcad.train.fpr import mine_hard_negatives
+
+    case = toy_case(7)
+    zz, yy, xx = np.mgrid[:40, :160, :160]
+    for (z, y, x), r in zip([(20, 50, 115), (20, 110, 115), (12, 80, 40), (28, 60, 50)], [6, 4, 3, 5]):
+        blob = ((zz - z) * 2.5) ** 2 + ((yy - y) * 1.5) ** 2 + ((xx - x) * 1.5) ** 2 <= (r * 1.5) ** 2
+        case.volume.hu[blob] = LESION_HU - 10 * r            # non-lesions of different brightness
+
+    def segmenter(x):                                        # soft tissue in the centre slice
+        return (x[..., 1:2] > 0.5).astype(np.float32) * 0.9
+
+    def darkest_first(inputs):                               # an "FPR" that prefers dimmer patches
+        centre = inputs["patch"][:, 12:20, 12:20].reshape(len(inputs["patch"]), -1).mean(axis=1)
+        nod = (1.0 - centre)[:, None].astype(np.float32)
+        return {"nodule": nod, "malignancy": np.full_like(nod, 0.5)}
+
+    config = PipelineConfig().with_overrides({"fpr.backbone": "wrn2d"})
+    by_unet = mine_hard_negatives([case], segmenter, config=config, max_per_case=3)[1]["toy7"]
+    mined, hard = mine_hard_negatives([case], segmenter, config=config, max_per_case=3,
+                                      classifier=darkest_first)
+    cands, hard = mined["toy7"], hard["toy7"]
+    assert len(hard) == 3 and "nodule_prob" in hard
+    assert hard["probability"].tolist() == sorted(hard["probability"], reverse=True)
+    assert np.allclose(hard["probability"], hard["nodule_prob"])
+    # they are the three best-scored candidates that are not the lesion
+    les = case.lesions.iloc[0][["coordX", "coordY", "coordZ"]].to_numpy(float)
+    far = cands[np.linalg.norm(cands[["coordX", "coordY", "coordZ"]].to_numpy(float) - les, axis=1) > 11]
+    assert np.allclose(hard["probability"], far["probability"].nlargest(3))
+    assert not np.allclose(by_unet[["coordX", "coordY", "coordZ"]].to_numpy(float),
+                           hard[["coordX", "coordY", "coordZ"]].to_numpy(float))
+
+
 # --------------------------------------------------------------------------- data sources
 
 def test_luna16_cases(tmp_path, toys):
@@ -393,6 +429,34 @@ def test_cli_train_segmenter_resume(segmenter_run, tmp_path):
     assert cmds[0]["command"].startswith("lungcad train segmenter") and "--resume" not in cmds[0]["command"]
 
 
+
+def test_cli_train_init_weights_fine_tunes(segmenter_run, tmp_path, capsys):
+    """--init-weights starts from a trained file of the same network (the card names it with
+    its sha256); a file of another network is one clear error, and so is a missing one."""
+    from lungcad.cli import main
+    from lungcad.train.common import sha256
+
+    init = segmenter_run / "segmenter.keras"
+    args = ["train", "segmenter", *TINY_DATA, "--epochs", "1", "--tile", "64", "--depth", "2",
+            "--learning-rate", "1e-12"]
+    rc = main([*args, "--base-filters", "4", "--init-weights", str(init), "--out", str(tmp_path / "ft.keras"),
+               "--run-dir", str(tmp_path / "run")])
+    assert rc == 0
+    card = json.loads((tmp_path / "ft.card.json").read_text())
+    assert card["training"]["init_weights"] == {"path": str(init), "sha256": sha256(init)}
+    before = keras.saving.load_model(init, safe_mode=True, compile=False)
+    after = keras.saving.load_model(tmp_path / "ft.keras", safe_mode=True, compile=False)
+    kernels = [(a, b) for a, b in zip(before.weights, after.weights) if a.path.endswith("kernel")]
+    assert kernels and all(np.allclose(np.asarray(a), np.asarray(b), atol=1e-6) for a, b in kernels)
+    capsys.readouterr()
+    rc = main([*args, "--base-filters", "8", "--init-weights", str(init), "--out", str(tmp_path / "x.keras"),
+               "--run-dir", str(tmp_path / "run2")])
+    err = capsys.readouterr().err
+    assert rc == 1 and str(init) in err and "do not fit the network being trained" in err
+    assert main([*args, "--init-weights", str(tmp_path / "none.keras"), "--out", str(tmp_path / "y.keras")]) == 2
+    assert "none.keras: file not found" in capsys.readouterr().err
+
+
 def test_cli_train_fpr(tmp_path):
     r = _train(["fpr", *TINY_DATA, "--epochs", "2", "--model", "wrn3d", "--depth", "10", "--width", "1",
                 "--out", str(tmp_path / "fpr.keras"), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
@@ -413,9 +477,10 @@ def test_cli_train_fpr(tmp_path):
     assert card["file"]["bytes"] < 4 * card["parameters"] * 1.3 + 200_000
 
 
-def test_cli_train_fpr_on_a_2d_backbone(tmp_path):
+def test_cli_train_fpr_on_a_2d_backbone(tmp_path, segmenter_run):
     """The pipeline's [fpr] backbone (wrn2d by default) is trained unless --model says otherwise;
-    a 2-D one learns from orthogonal views."""
+    a 2-D one learns from orthogonal views.  A second round starts from those weights and
+    ranks the U-Net's candidates with them for its hard negatives (bootstrapping)."""
     r = _train(["fpr", *TINY_DATA, "--epochs", "1", "--depth", "10", "--width", "1",
                 "--out", str(tmp_path / "fpr2d.keras"), "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -430,6 +495,23 @@ def test_cli_train_fpr_on_a_2d_backbone(tmp_path):
     bad = _train(["fpr", *TINY_DATA, "--epochs", "1", "--model", "unet2d", "--out", str(tmp_path / "x.keras")],
                  cwd=tmp_path)
     assert bad.returncode == 2 and "segmentation network" in bad.stderr and "Traceback" not in bad.stderr
+    from lungcad.cli import main
+
+    first, seg = tmp_path / "fpr2d.keras", segmenter_run / "segmenter.keras"
+    rc = main(["train", "fpr", *TINY_DATA, "--epochs", "1", "--depth", "10", "--width", "1",
+               "--init-weights", str(first), "--segmenter", str(seg), "--mine-fpr", str(first),
+               "--max-hard-per-case", "4", "--out", str(tmp_path / "round2.keras"),
+               "--run-dir", str(tmp_path / "run2")])
+    assert rc == 0
+    card2 = json.loads((tmp_path / "round2.card.json").read_text())
+    assert card2["training"]["init_weights"]["path"] == str(first)
+    assert card2["data"]["hard_negatives_ranked_by"]["path"] == str(first)
+    assert card2["data"]["mined_scans"] == 2
+    # --mine-fpr ranks the candidates of a segmenter, and must be an FPR network
+    assert main(["train", "fpr", *TINY_DATA, "--epochs", "1", "--mine-fpr", str(first),
+                 "--out", str(tmp_path / "x.keras")]) == 2
+    assert main(["train", "fpr", *TINY_DATA, "--epochs", "1", "--segmenter", str(seg), "--mine-fpr", str(seg),
+                 "--out", str(tmp_path / "x.keras")]) == 2
 
 
 def test_cli_train_rejects_bad_options(tmp_path):

@@ -75,6 +75,9 @@ def add_parser(sub, parents):
     t.add_argument("--out", metavar="FILE", help="the .keras file to write (default: the pipeline's weights)")
     t.add_argument("--run-dir", metavar="DIR", help="checkpoints and log.csv (default: runs/<task>)")
     t.add_argument("--resume", action="store_true", help="go on from the checkpoint in --run-dir")
+    t.add_argument("--init-weights", metavar="FILE",
+                   help="start from the weights of this .keras file of the same network (fine-tuning) "
+                        "instead of random ones; the card records the file and its sha256")
     t.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
                    help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     t.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
@@ -95,6 +98,10 @@ def add_parser(sub, parents):
                    help="fpr: a segmenter .keras file (or 'pipeline' for the pipeline's) whose "
                         "candidates give hard negatives and DSB weak labels")
     m.add_argument("--max-hard-per-case", type=int, default=24, help="fpr: hard negatives kept per scan")
+    m.add_argument("--mine-fpr", metavar="FILE",
+                   help="fpr: rank each scan's non-lesion candidates by this FPR .keras file (or 'pipeline' "
+                        "for the pipeline's) and keep the ones it scores highest as hard negatives "
+                        "(bootstrapping: teach the mistakes of an earlier network); default: by U-Net score")
     m.add_argument("--mine-cases", type=int, metavar="N",
                    help="fpr: mine hard negatives on N scans drawn with the seed (default: all)")
     m.add_argument("--malignancy-weight", type=float, default=0.5, help="fpr: weight of the malignancy loss")
@@ -192,7 +199,8 @@ def run(args) -> int:
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, val_steps=args.val_steps,
         batch_size=args.batch_size or (16 if args.task == "segmenter" else 32),
         learning_rate=args.learning_rate, patience=args.patience, val_fraction=args.val_fraction,
-        seed=args.seed, workers=args.workers, max_cases_in_memory=args.max_cases_in_memory, verbose=verbose)
+        seed=args.seed, workers=args.workers, max_cases_in_memory=args.max_cases_in_memory, verbose=verbose,
+        init_weights=args.init_weights)
     try:
         settings.check()
         cases, data_info = gather_cases(args)
@@ -283,11 +291,30 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
                     else Path(args.segmenter))
         segmenter = load_keras_model(seg_path)
         data_info["hard_negatives_from"] = str(seg_path)
+    ranker = None
+    if args.mine_fpr:
+        if segmenter is None:
+            print("lungcad train: error: --mine-fpr ranks the candidates of --segmenter: give both",
+                  file=sys.stderr)
+            return 2
+        rank_path = (config.resolve_weights(config.fpr.weights) if args.mine_fpr == "pipeline"
+                     else Path(args.mine_fpr))
+        ranker = load_keras_model(rank_path)
+        from lungcad.fpr import model_views, patch_shape
+        from lungcad.train.common import sha256
+
+        views = model_views(ranker)
+        patch = ranker.input.get("patch") if isinstance(getattr(ranker, "input", None), dict) else None
+        if views is None or patch is None or tuple(patch.shape[1:]) != patch_shape(views, config.fpr.patch_size):
+            print(f"lungcad train: error: --mine-fpr {rank_path}: not an FPR network that takes the pipeline's "
+                  f"{config.fpr.patch_size}-pixel patches", file=sys.stderr)
+            return 2
+        data_info["hard_negatives_ranked_by"] = {"path": str(rank_path), "sha256": sha256(rank_path)}
     out = Path(args.out) if args.out else _default_out(config, config.fpr.weights)
     result = train_fpr(
         cases, config=config, settings=settings, backbone=args.model, backbone_kwargs=kw,
         malignancy_weight=args.malignancy_weight, segmenter=segmenter,
-        max_hard_per_case=args.max_hard_per_case, mine_cases=args.mine_cases,
+        max_hard_per_case=args.max_hard_per_case, mine_cases=args.mine_cases, mine_classifier=ranker,
         positive_fraction=0.5 if args.positive_fraction is None else args.positive_fraction,
         negatives_benign=args.negatives_benign,
         out=out, run_dir=Path(args.run_dir or "runs/fpr"), resume=args.resume, holdout=holdout,

@@ -52,6 +52,8 @@ class TrainSettings:
     workers : PyDataset worker threads
     max_cases_in_memory : load a new random subset of this many cases each epoch (None: all)
     verbose : Keras ``fit`` verbosity (1 a progress bar, 2 one line per epoch, 0 silent)
+    init_weights : a ``.keras`` file of the same network to start from (fine-tuning) rather
+        than new random weights; a resumed run starts from its checkpoint instead
     """
 
     epochs: int = 20
@@ -65,6 +67,7 @@ class TrainSettings:
     workers: int = 1
     max_cases_in_memory: int | None = None
     verbose: int = 1
+    init_weights: str | None = None
 
     def check(self) -> None:
         for name in ("epochs", "steps_per_epoch", "val_steps", "batch_size", "workers"):
@@ -75,6 +78,8 @@ class TrainSettings:
             raise ValueError(f"learning_rate: expected a positive number. Received {self.learning_rate!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a number in [0, 1). Received {self.val_fraction!r}")
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise ValueError(f"init_weights: {self.init_weights}: file not found")
 
 
 @dataclass
@@ -285,6 +290,8 @@ def fit(*, build: Callable[[], Any], compile_model: Callable[[Any], None], train
         for stale in ("last.keras", "best.keras", "state.json", "log.csv"):
             (run_dir / stale).unlink(missing_ok=True)
         model = build()
+        if settings.init_weights is not None:
+            load_initial_weights(model, settings.init_weights)
         compile_model(model)
         initial_epoch, best, best_epoch = 0, math.inf, 0
     commands = (list(state.get("commands", [])) if state is not None else []) + \
@@ -317,7 +324,29 @@ def fit(*, build: Callable[[], Any], compile_model: Callable[[Any], None], train
             "best_monitor": monitor, "best_value": _num(state.get("best")),
             "resumed_from": initial_epoch if resume and initial_epoch else None,
             "seconds": round(seconds, 1), "commands": state.get("commands", commands)}
+    if settings.init_weights is not None:
+        info["init_weights"] = {"path": str(settings.init_weights),
+                                "sha256": sha256(Path(settings.init_weights))}
     return model, history, info
+
+
+def load_initial_weights(model, path) -> None:
+    """Set ``model``'s weights to those of the ``.keras`` file ``path`` (fine-tuning).
+
+    The file must hold the same network: the same layers with the same weight shapes, in
+    the same order.  Anything else is an :class:`~lungcad.errors.InputError` naming the file.
+    """
+    from lungcad.pipeline import load_keras_model
+
+    src = load_keras_model(path)
+    theirs, ours = src.get_weights(), model.weights
+    if len(theirs) != len(ours) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(theirs, ours)):
+        first = next((f"{b.path}: {tuple(b.shape)} here, {tuple(a.shape)} there"
+                      for a, b in zip(theirs, ours) if tuple(a.shape) != tuple(b.shape)),
+                     f"{len(ours)} weight arrays here, {len(theirs)} there")
+        raise InputError(path, f"its weights do not fit the network being trained ({first}); "
+                               "--init-weights needs a file of the same architecture")
+    model.set_weights(theirs)
 
 
 def _trim_log(log_path: Path, epochs: int) -> None:
@@ -348,9 +377,10 @@ def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=No
 
     cfg = config
     if lung_mask is None:
-        lung_mask = lungmask.segment_lungs(volume.hu, spacing=volume.spacing,
+        lung_mask = lungmask.segment_lungs(volume.hu, spacing=volume.spacing, direction=volume.direction,
                                            threshold_hu=cfg.lungmask.threshold_hu,
-                                           plausible_litres=tuple(cfg.lungmask.plausible_litres)).mask
+                                           plausible_litres=tuple(cfg.lungmask.plausible_litres),
+                                           closing_mm=cfg.lungmask.closing_mm, mass_mm=cfg.lungmask.mass_mm).mask
     box = lungmask.lung_box(lung_mask, spacing=volume.spacing, margin_mm=cfg.lungmask.margin_mm)
     c = cfg.candidates
     prob = candidates.predict_probability_map(
@@ -361,7 +391,8 @@ def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=No
         prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
         series_uid=volume.series_uid, threshold=m.threshold, dilation_mm=m.dilation_mm,
         erosion_mm=m.erosion_mm, merge_distance_mm=m.merge_distance_mm, z_merge_mm=m.z_merge_mm,
-        min_diameter_mm=m.min_diameter_mm, max_candidates=m.max_candidates, mask=lung_mask)
+        max_gap_slices=m.max_gap_slices, min_diameter_mm=m.min_diameter_mm, max_candidates=m.max_candidates,
+        mask=lung_mask)
 
 
 def match_candidates(candidates: pd.DataFrame, lesions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ import pandas as pd
 import keras
 
 from lungcad.config import PipelineConfig
-from lungcad.fpr import MALIGNANCY, NODULE, build_fpr_model, model_views, patch_shape, views_for
+from lungcad.fpr import (MALIGNANCY, NODULE, build_fpr_model, classify_candidates, model_views, patch_shape,
+                         views_for)
 from lungcad.models.registry import REGISTRY
 from lungcad.train.common import (TrainResult, TrainSettings, detect_candidates, fit, last_metrics,
                                   make_card, match_candidates, roc_auc, write_outputs)
@@ -31,10 +32,15 @@ DEFAULT_WRN = {"depth": 10, "width": 1, "dropout": 0.0}
 
 
 def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: PipelineConfig,
-                        max_per_case: int = 24, verbose: bool = False
+                        max_per_case: int = 24, classifier=None, verbose: bool = False
                         ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """Candidates of the segmenter on each case and, among them, the hard negatives
-    (:func:`hard_negatives`), both by patient id.  One case is in memory at a time."""
+    (:func:`hard_negatives`), both by patient id.  One case is in memory at a time.
+
+    With a ``classifier`` (an FPR network) the candidates are scored by it, as the pipeline
+    does, and the hard negatives are the non-lesions it finds most nodule-like: the mistakes
+    of that network (bootstrapping).  Otherwise they are ranked by the U-Net's score.
+    """
     mined, hard = {}, {}
     it = cases
     if verbose:
@@ -44,6 +50,11 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
     for ref in it:
         case = ref.load()
         cands = detect_candidates(case.volume, segmenter, config)
+        if classifier is not None:
+            f = config.fpr
+            cands = classify_candidates(case.volume, cands, model=classifier, patch_size=f.patch_size,
+                                        patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
+                                        window_hu=f.window_hu, batch_size=f.batch_size)
         mined[case.patient_id] = cands
         hard[case.patient_id] = hard_negatives(case, cands, max_per_case=max_per_case)
         del case
@@ -184,7 +195,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
               settings: TrainSettings | None = None, backbone: str | None = None,
               backbone_kwargs: dict | None = None, head_units: int = 64, dropout: float = 0.3,
               malignancy_weight: float = 0.5, segmenter=None, max_hard_per_case: int = 24,
-              mine_cases: int | None = None,
+              mine_cases: int | None = None, mine_classifier=None,
               positive_fraction: float = 0.5, negatives_benign: bool = False,
               out: str | Path | None = None,
               run_dir: str | Path = "runs/fpr", resume: bool = False,
@@ -207,6 +218,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     negatives_benign : negatives teach the malignancy head too (target 0), see :class:`FPRDataset`
     mine_cases : run the segmenter on this many scans (drawn with the seed) rather than all:
         the U-Net over whole scans is the slow part of mining on a CPU
+    mine_classifier : an earlier FPR network that ranks the mined candidates, so that the
+        hard negatives are its highest-scored false positives (see :func:`mine_hard_negatives`)
     out : the ``.keras`` file to write (and ``<name>.card.json`` beside it); None writes none
     run_dir, resume, holdout, data_info, command : as for
         :func:`lungcad.train.segmenter.train_segmenter`; with a segmenter the held-out
@@ -232,7 +245,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
             pick = np.random.default_rng([settings.seed, 17]).choice(len(to_mine), int(mine_cases), replace=False)
             to_mine = [to_mine[i] for i in sorted(pick)]
         mined, hard = mine_hard_negatives(to_mine, segmenter, config=config, max_per_case=max_hard_per_case,
-                                          verbose=settings.verbose == 1)
+                                          classifier=mine_classifier, verbose=settings.verbose == 1)
         cases = _with_weak_labels(cases, mined)
     n_hard = sum(len(h) for h in hard.values())
     train_cases, val_cases = split_by_patient(cases, val_fraction=settings.val_fraction, seed=settings.seed)
