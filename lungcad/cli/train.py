@@ -190,6 +190,15 @@ def run(args) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"lungcad train: error: {e}", file=sys.stderr)
         return 2
+    from lungcad.cli import import_keras
+
+    try:
+        import_keras(debug=args.debug)      # the backend's import-time log lines hidden, as for detect
+    except ImportError as e:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        print(f"lungcad train: error: the Keras backend '{backend}' is not installed ({e}). "
+              f"Install it (e.g. pip install {backend}) or choose another with --backend.", file=sys.stderr)
+        return 1
     from lungcad.config import load_config
     from lungcad.train import TrainSettings, data as D
 
