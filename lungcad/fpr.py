@@ -54,14 +54,19 @@ def patch_shape(views: str, patch_size: int) -> tuple[int, ...]:
     raise ValueError(f"views must be one of {VIEWS}. Received {views!r}")
 
 
-def model_views(model) -> str | None:
-    """The views a built FPR Keras model takes (from its ``patch`` input), or None if unknown."""
+def model_patch_shape(model) -> tuple | None:
+    """The shape (without the batch axis) of a built FPR Keras model's ``patch`` input, or None."""
     inputs = getattr(model, "input", None)
     patch = inputs.get("patch") if isinstance(inputs, dict) else None
-    if patch is None:
+    return None if patch is None else tuple(patch.shape[1:])
+
+
+def model_views(model) -> str | None:
+    """The views a built FPR Keras model takes (from its ``patch`` input), or None if unknown."""
+    shape = model_patch_shape(model)
+    if shape is None:
         return None
-    rank = len(patch.shape) - 1
-    return "cube" if rank == 4 else "orthogonal" if rank == 3 else None
+    return "cube" if len(shape) == 4 else "orthogonal" if len(shape) == 3 else None
 
 
 def model_backbone(model) -> str | None:

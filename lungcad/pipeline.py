@@ -54,7 +54,7 @@ def config_views(config: PipelineConfig) -> str:
 def check_fpr_model(model, config: PipelineConfig, path) -> None:
     """Raise ConfigError unless an FPR weights file fits the pipeline's ``[fpr]`` section:
     the backbone it holds, and the patch it takes."""
-    from lungcad.fpr import model_backbone, patch_shape
+    from lungcad.fpr import model_backbone, model_patch_shape, patch_shape
 
     f = config.fpr
     expected = patch_shape(config_views(config), f.patch_size)
@@ -64,8 +64,7 @@ def check_fpr_model(model, config: PipelineConfig, path) -> None:
                           f"[fpr] backbone is {f.backbone!r}. Set [fpr] backbone = \"{held}\", or train "
                           f"weights for {f.backbone!r} with `lungcad train fpr --pipeline FILE` and point "
                           f"[fpr] weights at them")
-    patch = model.input.get("patch") if isinstance(getattr(model, "input", None), dict) else None
-    got = tuple(patch.shape[1:]) if patch is not None else None
+    got = model_patch_shape(model)
     if got != expected:
         raise ConfigError(f"{path}: the FPR network takes patches of shape {got}, but [fpr] "
                           f"(backbone {f.backbone!r}, patch_size {f.patch_size}) makes {expected}")

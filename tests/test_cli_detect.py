@@ -183,3 +183,20 @@ def test_hostile_patient_id_stays_inside_output(tmp_path):
     (scan,) = (out / "scans").glob("*.json")
     assert scan.parent == out / "scans" and ".." not in scan.name
     assert "<script>" not in (out / "report.html").read_text()
+
+
+def test_missing_backend_is_one_line(monkeypatch, capsys):
+    """A Keras backend that is not installed stops detect and train with one line, no traceback."""
+    import lungcad.cli as cli
+
+    def missing(*, debug=False):
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(cli, "import_keras", missing)
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert cli.load_backend("train") is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lungcad train: error: the Keras backend 'torch' is not installed (No module named 'torch'). "
+                   "Install it (e.g. pip install torch) or choose another with --backend."]
+    monkeypatch.undo()
+    assert cli.load_backend("detect") is True

@@ -54,6 +54,19 @@ def import_keras(*, debug: bool = False):
     return keras
 
 
+def load_backend(command: str, *, debug: bool = False) -> bool:
+    """:func:`import_keras` for ``lungcad COMMAND``: False, after one line on stderr, when the
+    backend named by KERAS_BACKEND is not installed."""
+    try:
+        import_keras(debug=debug)
+    except ImportError as e:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        print(f"lungcad {command}: error: the Keras backend '{backend}' is not installed ({e}). "
+              f"Install it (e.g. pip install {backend}) or choose another with --backend.", file=sys.stderr)
+        return False
+    return True
+
+
 def _common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")

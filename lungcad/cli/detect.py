@@ -77,15 +77,9 @@ def run(args) -> int:
         print(f"lungcad detect: error: --batch-size must be >= 1. Received {args.batch_size}", file=sys.stderr)
         return 2
     _set_backend(args)
-    from lungcad.cli import import_keras
+    from lungcad.cli import load_backend
 
-    try:
-        import_keras(debug=args.debug)      # the backend named by KERAS_BACKEND
-    except ImportError as e:
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-        print(f"lungcad detect: error: the Keras backend '{backend}' is not installed ({e}). "
-              f"Install it (e.g. pip install {backend}) or choose another with --backend.",
-              file=sys.stderr)
+    if not load_backend("detect", debug=args.debug):
         return 1
     from lungcad.api import detect
 

@@ -190,14 +190,9 @@ def run(args) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"lungcad train: error: {e}", file=sys.stderr)
         return 2
-    from lungcad.cli import import_keras
+    from lungcad.cli import load_backend
 
-    try:
-        import_keras(debug=args.debug)      # the backend's import-time log lines hidden, as for detect
-    except ImportError as e:
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-        print(f"lungcad train: error: the Keras backend '{backend}' is not installed ({e}). "
-              f"Install it (e.g. pip install {backend}) or choose another with --backend.", file=sys.stderr)
+    if not load_backend("train", debug=args.debug):
         return 1
     from lungcad.config import load_config
     from lungcad.train import TrainSettings, data as D
@@ -309,12 +304,11 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
         rank_path = (config.resolve_weights(config.fpr.weights) if args.mine_fpr == "pipeline"
                      else Path(args.mine_fpr))
         ranker = load_keras_model(rank_path)
-        from lungcad.fpr import model_views, patch_shape
+        from lungcad.fpr import model_patch_shape, model_views, patch_shape
         from lungcad.train.common import sha256
 
         views = model_views(ranker)
-        patch = ranker.input.get("patch") if isinstance(getattr(ranker, "input", None), dict) else None
-        if views is None or patch is None or tuple(patch.shape[1:]) != patch_shape(views, config.fpr.patch_size):
+        if views is None or model_patch_shape(ranker) != patch_shape(views, config.fpr.patch_size):
             print(f"lungcad train: error: --mine-fpr {rank_path}: not an FPR network that takes the pipeline's "
                   f"{config.fpr.patch_size}-pixel patches", file=sys.stderr)
             return 2
