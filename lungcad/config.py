@@ -61,6 +61,11 @@ class FPRConfig:
     fit_fraction: float = 0.7        # a lesion fills at most this fraction of the cube; larger -> coarser
     window_hu: tuple[float, float] = (-1000.0, 400.0)
     batch_size: int = 32
+    tta: int = 8                     # test-time views averaged: 1 (none), 2, 4 or 8 (z turns x z mirror)
+
+    def __post_init__(self):
+        if self.tta not in (1, 2, 4, 8):
+            raise ConfigError(f"[fpr] tta: expected 1, 2, 4 or 8 test-time views. Received {self.tta!r}")
 
 
 @dataclass

@@ -10,6 +10,12 @@ The backbone is any classifier of the zoo (``[fpr] backbone`` in the pipeline fi
 A 3-D backbone sees the cube (``views="cube"``: (P, P, P, 1)); a 2-D backbone sees
 2.5-D orthogonal views (``views="orthogonal"``: the axial, coronal and sagittal planes
 through the candidate's centre as the three channels of a (P, P, 3) image).
+
+Test-time augmentation (``tta``): the network also sees each candidate with its sampling
+grid turned about world z by 90, 180 and 270 degrees and mirrored head-to-feet
+(:func:`tta_rotations`), the transforms it was trained under, and the probabilities are
+averaged.  A nodule looks the same in every view and a vessel or a fissure does not, so
+the average ranks them apart better than one view does (``[fpr] tta`` in the pipeline).
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from lungcad.volume import world_to_voxel
 NODULE = "nodule"
 MALIGNANCY = "malignancy"
 VIEWS = ("cube", "orthogonal")
+#: numbers of test-time views :func:`classify_candidates` accepts
+TTA_CHOICES = (1, 2, 4, 8)
 #: the nested backbone model of :func:`build_fpr_model` is named this prefix + the zoo name
 BACKBONE_PREFIX = "backbone_"
 
@@ -75,6 +83,21 @@ def model_backbone(model) -> str | None:
         if layer.name.startswith(BACKBONE_PREFIX):
             return layer.name[len(BACKBONE_PREFIX):]
     return None
+
+
+def tta_rotations(n: int) -> list[np.ndarray]:
+    """The first ``n`` (1, 2, 4 or 8) test-time transforms of the sampling grid, world-frame
+    3 x 3 matrices: the identity, turns about z by 90, 180 and 270 degrees, then the same four
+    mirrored in z."""
+    if n not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {TTA_CHOICES}. Received {n!r}")
+    out = []
+    for flip_z in (1.0, -1.0):
+        for k in range(4):
+            c, s = np.cos(k * np.pi / 2), np.sin(k * np.pi / 2)
+            turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+            out.append(np.round(turn @ np.diag([1.0, 1.0, flip_z]), 12))
+    return out[:n]
 
 
 def patch_spacing(diameters_mm, *, patch_size: int = 32, patch_mm: float = 1.0,
@@ -170,7 +193,7 @@ def build_fpr_model(*, backbone: str = "wrn3d", patch_size: int = 32, backbone_k
 def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: int = 32,
                         patch_mm: float = 1.0, fit_fraction: float = 0.7,
                         window_hu=(-1000.0, 400.0), batch_size: int = 32,
-                        views: str | None = None) -> pd.DataFrame:
+                        views: str | None = None, tta: int = 1) -> pd.DataFrame:
     """Add ``nodule_prob``, ``malignancy_prob`` and ``patch_mm`` to a candidate table.
 
     ``probability`` becomes the nodule probability (the LUNA16 score); the
@@ -178,8 +201,11 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     :func:`build_fpr_model`, or any callable taking ``{"patch", "scale"}`` and
     returning ``{"nodule", "malignancy"}``.  ``views`` is the kind of patch the model
     takes; None reads it from a Keras model's input (a cube for other callables).
+    ``tta`` is the number of test-time views (:func:`tta_rotations`) whose nodule and
+    malignancy probabilities are averaged; 1 is the plain patch.
     The table is returned sorted by probability.
     """
+    rotations = tta_rotations(tta)
     views = views or model_views(model) or "cube"
     out = candidates.copy()
     if len(out) == 0:
@@ -193,13 +219,17 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     centres = out[["coordX", "coordY", "coordZ"]].to_numpy(float)
     for s in range(0, len(out), batch_size):
         e = min(s + batch_size, len(out))
-        patches = extract_patches(volume.hu, centres[s:e], spacing=volume.spacing, origin=volume.origin,
-                                  direction=volume.direction, scales_mm=scales[s:e],
-                                  patch_size=patch_size, window_hu=window_hu, views=views)
-        pred = _predict(model, {"patch": patches, "scale": np.log2(scales[s:e])[:, None].astype(np.float32)},
-                        batch_size=batch_size)
-        nod[s:e] = np.asarray(pred[NODULE], dtype=np.float32).reshape(-1)
-        mal[s:e] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(-1)
+        log_scale = np.log2(scales[s:e])[:, None].astype(np.float32)
+        nod[s:e] = 0.0
+        mal[s:e] = 0.0
+        for i, rot in enumerate(rotations):
+            patches = extract_patches(volume.hu, centres[s:e], spacing=volume.spacing, origin=volume.origin,
+                                      direction=volume.direction, scales_mm=scales[s:e],
+                                      patch_size=patch_size, window_hu=window_hu, views=views,
+                                      rotation=None if i == 0 else np.repeat(rot[None], e - s, axis=0))
+            pred = _predict(model, {"patch": patches, "scale": log_scale}, batch_size=batch_size)
+            nod[s:e] += np.asarray(pred[NODULE], dtype=np.float32).reshape(-1) / len(rotations)
+            mal[s:e] += np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(-1) / len(rotations)
     out["nodule_prob"] = nod.astype(float)
     out["malignancy_prob"] = mal.astype(float)
     out["patch_mm"] = scales

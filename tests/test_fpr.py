@@ -72,6 +72,52 @@ def test_classify_candidates_empty_table():
     assert len(out) == 0 and "nodule_prob" in out.columns
 
 
+def test_tta_rotations_are_the_eight_turns_and_mirrors_about_z():
+    from lungcad.fpr import tta_rotations
+
+    rots = tta_rotations(8)
+    np.testing.assert_array_equal(rots[0], np.eye(3))
+    assert len({r.tobytes() for r in rots}) == 8                       # all different
+    for r in rots:
+        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)     # rigid
+        assert r[2, 2] in (1.0, -1.0) and not r[2, :2].any()           # z stays the z axis
+    assert [len(tta_rotations(n)) for n in (1, 2, 4)] == [1, 2, 4]
+    with pytest.raises(ValueError, match="tta"):
+        tta_rotations(3)
+
+
+def right_half_classifier(inputs):
+    """Nodule = 1 when the bright voxels of the cube's centre slice lie right of centre
+    (world +x) by over 2 voxels: not invariant to a turn about z, so it shows which views
+    were seen."""
+    p = inputs["patch"][..., 0]
+    c = (p.shape[1] - 1) / 2
+    mid = p[:, p.shape[1] // 2] > 0.5
+    cols = np.arange(p.shape[1])[None, None, :]
+    centroid = (mid * cols).sum(axis=(1, 2)) / np.maximum(mid.sum(axis=(1, 2)), 1)
+    right = (mid.any(axis=(1, 2)) & (centroid > c + 2)).astype(np.float32)
+    return {"nodule": right[:, None], "malignancy": right[:, None]}
+
+
+def test_classify_candidates_averages_the_test_time_views():
+    vol, blob = blob_volume()
+    # the candidate sits 5 mm left of the blob (-x): the blob is right of centre in the plain view,
+    # ahead/behind or left of it once the grid is turned by 90, 180 or 270 degrees
+    cands = pd.DataFrame({"seriesuid": "s1", "coordX": [blob[0] - 5.0], "coordY": [blob[1]],
+                          "coordZ": [blob[2]], "diameter_mm": [6.0], "probability": [0.9]})
+    got = {n: classify_candidates(vol, cands, model=right_half_classifier, patch_size=24, tta=n)
+           for n in (1, 2, 4, 8)}
+    assert got[1]["nodule_prob"][0] == pytest.approx(1.0)
+    assert got[2]["nodule_prob"][0] == pytest.approx(0.5)     # plain + one turn
+    assert got[4]["nodule_prob"][0] == pytest.approx(0.25)    # one of four turns
+    assert got[8]["nodule_prob"][0] == pytest.approx(0.25)    # mirroring z keeps x
+    np.testing.assert_allclose(got[8]["malignancy_prob"], got[8]["nodule_prob"])
+    # a turn-invariant network (density at the centre) scores the same with and without
+    one, eight = (classify_candidates(vol, cands.assign(coordX=blob[0]), model=toy_classifier,
+                                      patch_size=16, tta=n)["nodule_prob"][0] for n in (1, 8))
+    assert one == pytest.approx(eight, abs=0.02) and one > 0.5
+
+
 def test_orthogonal_views_tell_a_sphere_from_a_vessel():
     """The three planes through the centre: a sphere is a disc in each, a vessel along
     world z is a disc in the axial view and a stripe in the coronal and sagittal views."""
