@@ -219,17 +219,19 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     centres = out[["coordX", "coordY", "coordZ"]].to_numpy(float)
     for s in range(0, len(out), batch_size):
         e = min(s + batch_size, len(out))
+        n = e - s
         log_scale = np.log2(scales[s:e])[:, None].astype(np.float32)
-        nod[s:e] = 0.0
-        mal[s:e] = 0.0
-        for i, rot in enumerate(rotations):
-            patches = extract_patches(volume.hu, centres[s:e], spacing=volume.spacing, origin=volume.origin,
-                                      direction=volume.direction, scales_mm=scales[s:e],
-                                      patch_size=patch_size, window_hu=window_hu, views=views,
-                                      rotation=None if i == 0 else np.repeat(rot[None], e - s, axis=0))
-            pred = _predict(model, {"patch": patches, "scale": log_scale}, batch_size=batch_size)
-            nod[s:e] += np.asarray(pred[NODULE], dtype=np.float32).reshape(-1) / len(rotations)
-            mal[s:e] += np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(-1) / len(rotations)
+        patches = np.concatenate([
+            extract_patches(volume.hu, centres[s:e], spacing=volume.spacing, origin=volume.origin,
+                            direction=volume.direction, scales_mm=scales[s:e], patch_size=patch_size,
+                            window_hu=window_hu, views=views,
+                            rotation=None if i == 0 else np.repeat(rot[None], n, axis=0))
+            for i, rot in enumerate(rotations)])
+        # every view of the batch in one call: (views x candidates) patches, then the mean per candidate
+        pred = _predict(model, {"patch": patches, "scale": np.tile(log_scale, (len(rotations), 1))},
+                        batch_size=batch_size * len(rotations))
+        nod[s:e] = np.asarray(pred[NODULE], dtype=np.float32).reshape(len(rotations), n).mean(axis=0)
+        mal[s:e] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(len(rotations), n).mean(axis=0)
     out["nodule_prob"] = nod.astype(float)
     out["malignancy_prob"] = mal.astype(float)
     out["patch_mm"] = scales

@@ -15,13 +15,13 @@ from lungcad.pipeline import Pipeline
 from lungcad.synthetic import generate_phantom
 
 # Guarded levels (see README "Results"): measured with the shipped weights, minus a margin.
-PHANTOM_MIN_CPM = 0.70              # measured 0.755; issue 5 target: 0.8 on 4 patients (not met)
-PETCT_MIN_SERIES_IN_TOP3 = 3        # measured 3 (ranks 0, 1, 2, 4); issue 5 target: 4 (not met)
-PETCT_MAX_RANK = 4                  # every series has the tumour within its top 5
-PETCT_MIN_PATIENT_PROB = 0.35       # measured A0001 0.95/0.92, A0002 0.46/0.40; target: 0.5 (not met)
+PHANTOM_MIN_CPM = 0.80              # measured 0.837 (the mass 0.03 above the second FP); issue 5 target: 0.8
+PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 2, 2); issue 5 target: 4
+PETCT_MAX_RANK = 2                  # the same, said as a rank
+PETCT_MIN_PATIENT_PROB = 0.5        # measured A0001 0.95/0.99, A0002 0.61/0.68; issue 5 target: 0.5
 LIDC_MIN_HITS_ANY = 3
 LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 2); issue 5 target: 3
-FPR_MIN_AUC = 0.90                  # measured 0.955 (nodules vs vessel crossings)
+FPR_MIN_AUC = 0.90                  # measured 0.944 (nodules vs vessel crossings, one view per patch)
 
 
 @pytest.fixture(scope="module")
