@@ -64,8 +64,10 @@ class FPRConfig:
     tta: int = 8                     # test-time views averaged: 1 (none), 2, 4 or 8 (z turns x z mirror)
 
     def __post_init__(self):
-        if self.tta not in (1, 2, 4, 8):
-            raise ConfigError(f"[fpr] tta: expected 1, 2, 4 or 8 test-time views. Received {self.tta!r}")
+        from lungcad.fpr import TTA_CHOICES
+
+        if self.tta not in TTA_CHOICES:
+            raise ConfigError(f"[fpr] tta: expected one of {TTA_CHOICES} test-time views. Received {self.tta!r}")
 
 
 @dataclass

@@ -85,9 +85,9 @@ def model_backbone(model) -> str | None:
     return None
 
 
-def tta_rotations(n: int) -> list[np.ndarray]:
+def tta_rotations(n: int) -> np.ndarray:
     """The first ``n`` (1, 2, 4 or 8) test-time transforms of the sampling grid, world-frame
-    3 x 3 matrices: the identity, turns about z by 90, 180 and 270 degrees, then the same four
+    3 x 3 matrices stacked as (n, 3, 3): the identity, turns about z by 90, 180 and 270 degrees, then the same four
     mirrored in z."""
     if n not in TTA_CHOICES:
         raise ValueError(f"tta must be one of {TTA_CHOICES}. Received {n!r}")
@@ -97,7 +97,7 @@ def tta_rotations(n: int) -> list[np.ndarray]:
             c, s = np.cos(k * np.pi / 2), np.sin(k * np.pi / 2)
             turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
             out.append(np.round(turn @ np.diag([1.0, 1.0, flip_z]), 12))
-    return out[:n]
+    return np.stack(out[:n])
 
 
 def patch_spacing(diameters_mm, *, patch_size: int = 32, patch_mm: float = 1.0,
@@ -219,19 +219,17 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     centres = out[["coordX", "coordY", "coordZ"]].to_numpy(float)
     for s in range(0, len(out), batch_size):
         e = min(s + batch_size, len(out))
-        n = e - s
-        log_scale = np.log2(scales[s:e])[:, None].astype(np.float32)
-        patches = np.concatenate([
-            extract_patches(volume.hu, centres[s:e], spacing=volume.spacing, origin=volume.origin,
-                            direction=volume.direction, scales_mm=scales[s:e], patch_size=patch_size,
-                            window_hu=window_hu, views=views,
-                            rotation=None if i == 0 else np.repeat(rot[None], n, axis=0))
-            for i, rot in enumerate(rotations)])
-        # every view of the batch in one call: (views x candidates) patches, then the mean per candidate
-        pred = _predict(model, {"patch": patches, "scale": np.tile(log_scale, (len(rotations), 1))},
-                        batch_size=batch_size * len(rotations))
-        nod[s:e] = np.asarray(pred[NODULE], dtype=np.float32).reshape(len(rotations), n).mean(axis=0)
-        mal[s:e] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(len(rotations), n).mean(axis=0)
+        n, r = e - s, len(rotations)
+        # every view of the batch in one sampling call and one network call, view-major:
+        # (views x candidates) patches, then the mean per candidate
+        patches = extract_patches(volume.hu, np.tile(centres[s:e], (r, 1)), spacing=volume.spacing,
+                                  origin=volume.origin, direction=volume.direction,
+                                  scales_mm=np.tile(scales[s:e], r), patch_size=patch_size,
+                                  window_hu=window_hu, views=views, rotation=np.repeat(rotations, n, axis=0))
+        log_scale = np.log2(np.tile(scales[s:e], r))[:, None].astype(np.float32)
+        pred = _predict(model, {"patch": patches, "scale": log_scale}, batch_size=batch_size * r)
+        nod[s:e] = np.asarray(pred[NODULE], dtype=np.float32).reshape(r, n).mean(axis=0)
+        mal[s:e] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(r, n).mean(axis=0)
     out["nodule_prob"] = nod.astype(float)
     out["malignancy_prob"] = mal.astype(float)
     out["patch_mm"] = scales

@@ -47,7 +47,7 @@ def test_weights_resolution(tmp_path):
     ("[fpr]\npatchsize = 3\n", "unknown key 'patchsize'"),
     ("[candidates]\nwindow_hu = [1]\n", "list of 2"),
     ("[fpr\n", "not valid TOML"),
-    ("[fpr]\ntta = 3\n", "tta: expected 1, 2, 4 or 8"),
+    ("[fpr]\ntta = 3\n", r"tta: expected one of \(1, 2, 4, 8\)"),
 ])
 def test_bad_files_name_the_problem(tmp_path, text, match):
     toml = tmp_path / "bad.toml"
