@@ -48,8 +48,15 @@ class MorphologyConfig:
     merge_distance_mm: float = 5.0
     z_merge_mm: float = 5.0
     max_gap_slices: int = 1
+    z_overlap: float = 0.5           # neighbouring-slice detections sharing this much of the smaller link too,
+    z_overlap_min_mm: float = 10.0   # ... when both are at least this wide (masses on thick slices)
     min_diameter_mm: float = 3.0
     max_candidates: int = 200
+
+    def __post_init__(self):
+        if not (isinstance(self.z_overlap, (int, float)) and 0.0 <= self.z_overlap <= 1.0):
+            raise ConfigError(f"[morphology] z_overlap: expected a fraction from 0 (off) to 1. "
+                              f"Received {self.z_overlap!r}")
 
 
 @dataclass

@@ -8,7 +8,9 @@ The candidate U-Net works slice by slice, so this stage does too:
 4. :func:`merge_by_distance`: detections of one slice whose centroids are closer than D mm
    become one (a nodule that the network split into several blobs);
 5. :func:`merge_z`: detections in neighbouring slices whose in-plane centroids are within
-   R mm link into one 3-D candidate;
+   R mm link into one 3-D candidate, and so do those whose footprints overlap by a given
+   fraction of the smaller one and are both large (:func:`overlap_links`: a mass on thick
+   slices);
 6. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
 
 Every distance is in millimetres; voxel indices stay inside the functions or travel in
@@ -44,7 +46,7 @@ from .result import CANDIDATE_COLUMNS, empty_candidates
 from .volume import voxel_to_world
 
 __all__ = ["threshold", "structuring_element", "dilate", "erode", "components_2d",
-           "merge_by_distance", "merge_z", "extract_candidates", "EXTRA_COLUMNS",
+           "merge_by_distance", "merge_z", "overlap_links", "extract_candidates", "EXTRA_COLUMNS",
            "DETECTION_COLUMNS"]
 
 #: Columns that :func:`extract_candidates` adds to :data:`lungcad.result.CANDIDATE_COLUMNS`.
@@ -324,13 +326,15 @@ def merge_by_distance(dets2d: pd.DataFrame, *, distance_mm: float) -> pd.DataFra
     return out.sort_values("slice", kind="stable").reset_index(drop=True)
 
 
-def merge_z(dets2d: pd.DataFrame, *, radius_mm: float, max_gap_slices: int = 1) -> pd.DataFrame:
+def merge_z(dets2d: pd.DataFrame, *, radius_mm: float, max_gap_slices: int = 1,
+            links=None) -> pd.DataFrame:
     """Link 2-D detections across slices into 3-D candidates.
 
     Detections in slices ``k`` and ``k + d`` with ``1 <= d <= max_gap_slices`` whose
     in-plane centroids are within ``radius_mm`` link; candidates are the connected groups of
     that graph.  ``max_gap_slices=1`` links neighbouring slices only; 2 also bridges one
-    empty slice.
+    empty slice.  ``links`` adds edges of its own: pairs of row positions of ``dets2d``
+    (:func:`overlap_links` gives the pairs whose footprints overlap).
 
     Parameters
     ----------
@@ -366,8 +370,69 @@ def merge_z(dets2d: pd.DataFrame, *, radius_mm: float, max_gap_slices: int = 1) 
             ii, jj = np.nonzero(dist <= radius_mm)
             for a, b in zip(ii, jj):
                 uf.union(int(idx[a]), int(other[b]))
+    for a, b in (links if links is not None else ()):
+        if not (0 <= a < len(d) and 0 <= b < len(d)):
+            raise ValueError(f"links: expected row positions of dets2d (0..{len(d) - 1}). "
+                             f"Received the pair ({a}, {b})")
+        uf.union(int(a), int(b))
     d["candidate"] = uf.groups()
     return d
+
+
+def overlap_links(labels: np.ndarray, dets2d: pd.DataFrame, *, min_fraction: float,
+                  min_diameter_mm: float = 0.0) -> list[tuple[int, int]]:
+    """Pairs of detections in neighbouring slices whose footprints overlap.
+
+    Two detections of slices ``k`` and ``k + 1`` pair when the pixels they share in-plane
+    are at least ``min_fraction`` of the smaller one's pixels and both are at least
+    ``min_diameter_mm`` across (the diameter of a disc of their area).  A large lesion on
+    thick slices moves its in-plane centroid by more than a small-nodule radius from one
+    slice to the next (a 4 cm mass on 8 mm slices: 10 mm and more), yet each of its slices
+    lies on the next one; this keeps such a lesion one candidate.  The size floor keeps a
+    vessel's cross-section, which lies on a nodule's top or bottom slice, from joining the
+    nodule (the centroid rule of :func:`merge_z` still decides for small detections).
+
+    Parameters
+    ----------
+    labels : ndarray of int, (z, y, x)
+        The per-slice component labels that ``dets2d`` was measured from.
+    dets2d : pandas.DataFrame
+        A 2-D detection table whose ``labels`` column lists each detection's labels.
+    min_fraction : float in (0, 1]
+    min_diameter_mm : float, optional
+
+    Returns
+    -------
+    list of (int, int)
+        Row positions in ``dets2d``, for :func:`merge_z`'s ``links``.
+    """
+    if not (0.0 < float(min_fraction) <= 1.0):
+        raise ValueError(f"min_fraction: expected a fraction in (0, 1]. Received {min_fraction!r}")
+    labels = _check_volume("labels", labels)
+    d = dets2d.reset_index(drop=True)
+    if len(d) < 2:
+        return []
+    n_labels = int(labels.max())
+    owner = np.full(n_labels + 1, -1, dtype=np.int64)
+    for i, labs in enumerate(d["labels"]):
+        owner[list(labs)] = i
+    npix = d["n_pixels"].to_numpy(dtype=float)
+    area = d["area_mm2"].to_numpy(dtype=float)
+    min_area = np.pi * (_check_distance("min_diameter_mm", min_diameter_mm) / 2.0) ** 2
+    slices = set(d["slice"].astype(int))
+    out = []
+    for k in sorted(slices):
+        if k + 1 not in slices:
+            continue
+        a, b = owner[labels[k]], owner[labels[k + 1]]
+        both = (a >= 0) & (b >= 0)
+        if not both.any():
+            continue
+        pairs, shared = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+        for (i, j), n in zip(pairs.T, shared):
+            if n >= min_fraction * min(npix[i], npix[j]) and min(area[i], area[j]) >= min_area:
+                out.append((int(i), int(j)))
+    return out
 
 
 def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str = "",
@@ -375,7 +440,8 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
                        erosion_mm: float = 1.0, merge_distance_mm: float = 5.0,
                        z_merge_mm: float = 5.0, max_gap_slices: int = 1,
                        min_diameter_mm: float = 3.0, max_candidates: int | None = None,
-                       mask=None) -> pd.DataFrame:
+                       mask=None, z_overlap: float = 0.5, z_overlap_min_mm: float = 10.0
+                       ) -> pd.DataFrame:
     """Turn a probability map into the candidate table.
 
     Parameters
@@ -404,6 +470,11 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         Keep only this many, the most probable.
     mask : ndarray of bool, optional
         A lung mask: candidates that do not overlap it are dropped.
+    z_overlap : float, optional
+        Detections of neighbouring slices also link when they share at least this fraction
+        of the smaller one's pixels, when both are at least ``z_overlap_min_mm`` across
+        (:func:`overlap_links`); 0 turns that off.
+    z_overlap_min_mm : float, optional
 
     Returns
     -------
@@ -431,7 +502,9 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     if len(dets) == 0:
         return empty_candidates(EXTRA_COLUMNS)
     dets = merge_by_distance(dets, distance_mm=merge_distance_mm)
-    dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices)
+    links = (overlap_links(labels, dets, min_fraction=z_overlap, min_diameter_mm=z_overlap_min_mm)
+             if z_overlap else None)
+    dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices, links=links)
 
     # candidate id per voxel
     lut = np.zeros(n + 1, dtype=np.int32)

@@ -48,6 +48,7 @@ def test_weights_resolution(tmp_path):
     ("[candidates]\nwindow_hu = [1]\n", "list of 2"),
     ("[fpr\n", "not valid TOML"),
     ("[fpr]\ntta = 3\n", r"tta: expected one of \(1, 2, 4, 8\)"),
+    ("[morphology]\nz_overlap = 1.5\n", r"z_overlap: expected a fraction from 0 \(off\) to 1"),
 ])
 def test_bad_files_name_the_problem(tmp_path, text, match):
     toml = tmp_path / "bad.toml"

@@ -15,12 +15,15 @@ from lungcad.pipeline import Pipeline
 from lungcad.synthetic import generate_phantom
 
 # Guarded levels (see README "Results"): measured with the shipped weights, minus a margin.
-PHANTOM_MIN_CPM = 0.80              # measured 0.837 (the mass 0.03 above the second FP); issue 5 target: 0.8
-PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 2, 2); issue 5 target: 4
-PETCT_MAX_RANK = 2                  # the same, said as a rank
-PETCT_MIN_PATIENT_PROB = 0.5        # measured A0001 0.95/0.99, A0002 0.61/0.68; issue 5 target: 0.5
+PHANTOM_MIN_CPM = 0.80              # measured 0.857; issue 5 target: 0.8
+PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 1, 1); issue 5 target: 4
+PETCT_MAX_RANK = 1                  # the same, said as a rank
+PETCT_MIN_PATIENT_PROB = 0.7        # measured A0001 0.97/0.97, A0002 0.81/0.83; issue 5 target: 0.5
+PETCT_MIN_TUMOUR_SPAN = 0.8         # the tumour's longest candidate spans >= this share of its
+                                    # annotated slices: measured 14/9, 20/11, 12/10, 13/8 slices
+                                    # (linking by centroid distance alone: 4/9, 6/11, 5/10, 5/8)
 LIDC_MIN_HITS_ANY = 3
-LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 2); issue 5 target: 3
+LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 5); issue 5 target: 3
 FPR_MIN_AUC = 0.90                  # measured 0.944 (nodules vs vessel crossings, one view per patch)
 
 
@@ -31,15 +34,20 @@ def pipeline():
     return p
 
 
+def in_boxes(candidates: pd.DataFrame, boxes: pd.DataFrame, slice_mm: float) -> np.ndarray:
+    """Which candidates lie inside an annotated box (± 10 mm) on an annotated slice."""
+    inside = np.zeros(len(candidates), dtype=bool)
+    for b in boxes.itertuples():
+        inside |= ((abs(candidates["coordX"] - b.center_x_mm) <= b.width_mm / 2 + 10)
+                   & (abs(candidates["coordY"] - b.center_y_mm) <= b.height_mm / 2 + 10)
+                   & (abs(candidates["coordZ"] - b.z_mm) <= slice_mm / 2 + 0.01)).to_numpy()
+    return inside
+
+
 def tumour_rank(candidates: pd.DataFrame, boxes: pd.DataFrame, slice_mm: float) -> int | None:
     """Rank (0-based) of the first candidate inside an annotated box (± 10 mm) on an annotated slice."""
-    for rank, c in enumerate(candidates.itertuples()):
-        for b in boxes.itertuples():
-            if (abs(c.coordX - b.center_x_mm) <= b.width_mm / 2 + 10
-                    and abs(c.coordY - b.center_y_mm) <= b.height_mm / 2 + 10
-                    and abs(c.coordZ - b.z_mm) <= slice_mm / 2 + 0.01):
-                return rank
-    return None
+    hits = np.flatnonzero(in_boxes(candidates, boxes, slice_mm))
+    return int(hits[0]) if len(hits) else None
 
 
 def test_fresh_phantoms_froc(pipeline):
@@ -60,18 +68,23 @@ def test_lung_pet_ct_dx_tumours_rank_high(pipeline, petct_dir):
     boxes = pd.read_csv(petct_dir / "annotations_index.csv")
     series = discover(petct_dir)
     assert len(series) == 4
-    in_top3, probs, ranks = 0, {}, []
+    in_top3, probs, ranks, spans = 0, {}, [], []
     for s in series:
         vol = load_series(s)
         result = pipeline.run(vol)
-        rank = tumour_rank(result.candidates, boxes[boxes["series_instance_uid"] == s.series_uid],
-                           vol.spacing[0])
+        b = boxes[boxes["series_instance_uid"] == s.series_uid]
+        rank = tumour_rank(result.candidates, b, vol.spacing[0])
         in_top3 += rank is not None and rank < 3
         ranks.append(rank)
         probs[s.series_uid] = result.cancer_probability
+        # a mass on thick slices is one candidate, not pieces (morphology's z_overlap)
+        inside = result.candidates[in_boxes(result.candidates, b, vol.spacing[0])]
+        spans.append((int(inside["n_slices"].max()) if len(inside) else 0, b["z_mm"].nunique()))
     assert in_top3 >= PETCT_MIN_SERIES_IN_TOP3, f"{in_top3} of 4 series have the tumour in the top 3: {ranks}"
     assert all(r is not None and r <= PETCT_MAX_RANK for r in ranks), f"tumour ranks {ranks}"
     assert min(probs.values()) >= PETCT_MIN_PATIENT_PROB, f"cancer probabilities {probs}"
+    assert all(n >= PETCT_MIN_TUMOUR_SPAN * annotated for n, annotated in spans), \
+        f"(slices of the tumour's longest candidate, annotated slices): {spans}"
 
 
 def test_lidc_0003_reference_lesions_are_found(pipeline, lidc_dir):

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from lungcad.morphology import (EXTRA_COLUMNS, components_2d, dilate, erode, extract_candidates,
-                                merge_by_distance, merge_z, structuring_element, threshold)
+                                merge_by_distance, merge_z, overlap_links, structuring_element,
+                                threshold)
 from lungcad.result import CANDIDATE_COLUMNS
 from lungcad.volume import voxel_to_world, world_to_voxel
 
@@ -239,6 +240,55 @@ def test_merge_z_gap_and_radius():
     assert merge_z(dets, radius_mm=0.5)["candidate"].nunique() == 5
     with pytest.raises(ValueError, match="max_gap_slices: expected an integer >= 1"):
         merge_z(dets, radius_mm=5.0, max_gap_slices=0)
+
+
+def disc(shape, spacing, centre_yx_mm, diameter_mm):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return ((yy * spacing[1] - centre_yx_mm[0]) ** 2
+            + (xx * spacing[2] - centre_yx_mm[1]) ** 2) <= (diameter_mm / 2) ** 2
+
+
+def one_blob_per_slice(*discs, spacing=(8.0, 0.8, 0.8), shape=(120, 120)):
+    """Labels (slice k holds label k + 1) and the 2-D detection table of one disc per slice."""
+    mask = np.stack([disc(shape, spacing, c, d) for c, d in discs])
+    labels = mask * np.arange(1, len(discs) + 1)[:, None, None]
+    return labels, components_2d(mask, mask.astype(np.float32), spacing=spacing)
+
+
+def test_overlap_links_join_large_overlapping_slices_only():
+    # 36 mm discs 9 mm apart in neighbouring slices: the centroids are too far apart for a
+    # 5 mm link, the footprints share about 2/3 of their area
+    labels, dets = one_blob_per_slice(((40.0, 40.0), 36.0), ((40.0, 49.0), 36.0))
+    assert overlap_links(labels, dets, min_fraction=0.5, min_diameter_mm=10.0) == [(0, 1)]
+    assert overlap_links(labels, dets, min_fraction=0.9, min_diameter_mm=10.0) == []
+    assert merge_z(dets, radius_mm=5.0)["candidate"].nunique() == 2
+    assert merge_z(dets, radius_mm=5.0, links=[(0, 1)])["candidate"].nunique() == 1
+    # 36 mm discs 30 mm apart barely touch
+    labels, dets = one_blob_per_slice(((40.0, 30.0), 36.0), ((40.0, 60.0), 36.0))
+    assert overlap_links(labels, dets, min_fraction=0.5) == []
+    # a 4 mm vessel cross-section lying on a 30 mm slice: wholly inside, but too small to link
+    labels, dets = one_blob_per_slice(((40.0, 40.0), 30.0), ((40.0, 50.0), 4.0))
+    assert overlap_links(labels, dets, min_fraction=0.5, min_diameter_mm=10.0) == []
+    assert overlap_links(labels, dets, min_fraction=0.5, min_diameter_mm=0.0) == [(0, 1)]
+    with pytest.raises(ValueError, match=r"min_fraction: expected a fraction in \(0, 1\]"):
+        overlap_links(labels, dets, min_fraction=0.0)
+    with pytest.raises(ValueError, match="links: expected row positions"):
+        merge_z(dets, radius_mm=5.0, links=[(0, 2)])
+
+
+def test_oblique_mass_on_thick_slices_is_one_candidate():
+    """A 4 cm mass on 8 mm slices whose outline moves 9 mm from slice to slice (as the
+    Lung-PET-CT-Dx A0002 tumour does) stays one candidate; the centroid rule alone splits it."""
+    sp = (8.0, 0.8, 0.8)
+    discs = [((60.0, 30.0 + 9.0 * k), d) for k, d in enumerate((24.0, 36.0, 40.0, 40.0, 36.0, 24.0))]
+    prob = np.zeros((10, 150, 150), np.float32)
+    prob[2:8] = 0.95 * np.stack([disc(prob.shape[1:], sp, c, d) for c, d in discs])
+    one = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    assert len(one) == 1
+    assert one.loc[0, "n_slices"] == 6
+    assert one.loc[0, "x"] * sp[2] == pytest.approx(30.0 + 9.0 * 2.5, abs=2.0)
+    split = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), z_overlap=0.0)
+    assert len(split) >= 3
 
 
 def test_bad_input_raises_value_error():

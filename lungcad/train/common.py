@@ -391,7 +391,7 @@ def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=No
         prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
         series_uid=volume.series_uid, threshold=m.threshold, dilation_mm=m.dilation_mm,
         erosion_mm=m.erosion_mm, merge_distance_mm=m.merge_distance_mm, z_merge_mm=m.z_merge_mm,
-        max_gap_slices=m.max_gap_slices, min_diameter_mm=m.min_diameter_mm, max_candidates=m.max_candidates,
+        max_gap_slices=m.max_gap_slices, z_overlap=m.z_overlap, z_overlap_min_mm=m.z_overlap_min_mm, min_diameter_mm=m.min_diameter_mm, max_candidates=m.max_candidates,
         mask=lung_mask)
 
 
