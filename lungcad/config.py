@@ -42,7 +42,7 @@ class CandidatesConfig:
 
 @dataclass
 class MorphologyConfig:
-    threshold: float = 0.5
+    threshold: float = 0.4
     dilation_mm: float = 1.0
     erosion_mm: float = 1.0
     merge_distance_mm: float = 5.0
@@ -50,8 +50,8 @@ class MorphologyConfig:
     max_gap_slices: int = 1
     z_overlap: float = 0.5           # neighbouring-slice detections sharing this much of the smaller link too,
     z_overlap_min_mm: float = 10.0   # ... when both are at least this wide (masses on thick slices)
-    min_diameter_mm: float = 3.0
-    max_candidates: int = 200
+    min_diameter_mm: float = 2.0
+    max_candidates: int = 400
 
     def __post_init__(self):
         if not (isinstance(self.z_overlap, (int, float)) and 0.0 <= self.z_overlap <= 1.0):
