@@ -57,6 +57,9 @@ class MorphologyConfig:
         if not (isinstance(self.z_overlap, (int, float)) and 0.0 <= self.z_overlap <= 1.0):
             raise ConfigError(f"[morphology] z_overlap: expected a fraction from 0 (off) to 1. "
                               f"Received {self.z_overlap!r}")
+        if not (isinstance(self.z_overlap_min_mm, (int, float)) and self.z_overlap_min_mm >= 0.0):
+            raise ConfigError(f"[morphology] z_overlap_min_mm: expected a width >= 0 in mm. "
+                              f"Received {self.z_overlap_min_mm!r}")
 
 
 @dataclass

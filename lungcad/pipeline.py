@@ -12,6 +12,7 @@ its config fields, times it, and turns any failure inside a stage into a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -173,13 +174,10 @@ class Pipeline:
                 batch_size=c.batch_size, tile=c.tile)
 
         with stage("morphology"):
-            m = cfg.morphology
+            # every [morphology] key is a keyword of extract_candidates
             table = morphology.extract_candidates(
                 prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
-                series_uid=volume.series_uid, threshold=m.threshold, dilation_mm=m.dilation_mm,
-                erosion_mm=m.erosion_mm, merge_distance_mm=m.merge_distance_mm,
-                z_merge_mm=m.z_merge_mm, max_gap_slices=m.max_gap_slices, z_overlap=m.z_overlap, z_overlap_min_mm=m.z_overlap_min_mm, min_diameter_mm=m.min_diameter_mm,
-                max_candidates=m.max_candidates, mask=lm.mask)
+                series_uid=volume.series_uid, mask=lm.mask, **dataclasses.asdict(cfg.morphology))
             del prob
 
         with stage("fpr"):

@@ -49,6 +49,7 @@ def test_weights_resolution(tmp_path):
     ("[fpr\n", "not valid TOML"),
     ("[fpr]\ntta = 3\n", r"tta: expected one of \(1, 2, 4, 8\)"),
     ("[morphology]\nz_overlap = 1.5\n", r"z_overlap: expected a fraction from 0 \(off\) to 1"),
+    ("[morphology]\nz_overlap_min_mm = -1.0\n", r"z_overlap_min_mm: expected a width >= 0 in mm"),
 ])
 def test_bad_files_name_the_problem(tmp_path, text, match):
     toml = tmp_path / "bad.toml"

@@ -386,13 +386,9 @@ def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=No
     prob = candidates.predict_probability_map(
         volume.hu, spacing=volume.spacing, model=segmenter, box=box, context_slices=c.context_slices,
         pixel_mm=c.pixel_mm, window_hu=c.window_hu, batch_size=c.batch_size, tile=c.tile)
-    m = cfg.morphology
     return morphology.extract_candidates(
         prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
-        series_uid=volume.series_uid, threshold=m.threshold, dilation_mm=m.dilation_mm,
-        erosion_mm=m.erosion_mm, merge_distance_mm=m.merge_distance_mm, z_merge_mm=m.z_merge_mm,
-        max_gap_slices=m.max_gap_slices, z_overlap=m.z_overlap, z_overlap_min_mm=m.z_overlap_min_mm, min_diameter_mm=m.min_diameter_mm, max_candidates=m.max_candidates,
-        mask=lung_mask)
+        series_uid=volume.series_uid, mask=lung_mask, **asdict(cfg.morphology))
 
 
 def match_candidates(candidates: pd.DataFrame, lesions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
