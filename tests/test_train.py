@@ -135,6 +135,20 @@ def test_segmenter_dataset_shapes_balance_and_alignment(toys):
     np.testing.assert_array_equal(val[1][0], v0)
 
 
+def test_dataset_workers_prepare_the_same_cases_in_order(toys):
+    """With workers > 1 the cases are read and prepared by a thread pool: the same entries in
+    the same order, so batches do not depend on the number of workers."""
+    refs = [D.CaseRef(patient_id=c.patient_id, loader=lambda c=c: c) for c in toys]
+    one = SegmenterDataset(refs, tile=64, batch_size=4, steps=2, augment=False, seed=1)
+    many = SegmenterDataset(refs, tile=64, batch_size=4, steps=2, augment=False, seed=1, workers=3)
+    assert many.pool.workers == 3 and one.pool.workers == 1
+    assert [e.patient_id for e in many.pool.entries] == [c.patient_id for c in toys]
+    for a, b in zip(one.pool.entries, many.pool.entries):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.target, b.target)
+    np.testing.assert_array_equal(one[1][0], many[1][0])
+
+
 def test_segmenter_tiles_are_prepare_slices_crops(toys):
     """Without augmentation a tile is a crop of what inference feeds the U-Net."""
     case = toys[0]
@@ -457,6 +471,24 @@ def test_cli_train_init_weights_fine_tunes(segmenter_run, tmp_path, capsys):
     assert rc == 1 and str(init) in err and "do not fit the network being trained" in err
     assert main([*args, "--init-weights", str(tmp_path / "none.keras"), "--out", str(tmp_path / "y.keras")]) == 2
     assert "none.keras: file not found" in capsys.readouterr().err
+
+
+def test_cli_train_time_limit_stops_after_the_epoch_past_it(tmp_path, capsys):
+    """--time-limit MIN ends training after the first epoch that ends past MIN minutes (a batch
+    job's wall time): the best weights are written with their card, which says so."""
+    from lungcad.cli import main
+
+    args = ["train", "segmenter", *TINY_DATA, "--epochs", "5", "--tile", "64", "--depth", "2",
+            "--base-filters", "4"]
+    rc = main([*args, "--time-limit", "1e-6", "--out", str(tmp_path / "s.keras"), "--run-dir", str(tmp_path / "run")])
+    assert rc == 0
+    card = json.loads((tmp_path / "s.card.json").read_text())
+    assert card["training"]["epochs_done"] == 1 and card["training"]["stopped_by_time_limit"] is True
+    assert card["training"]["time_limit_min"] == 1e-6
+    assert len(pd.read_csv(tmp_path / "run" / "log.csv")) == 1
+    capsys.readouterr()
+    assert main([*args, "--time-limit", "0", "--out", str(tmp_path / "x.keras")]) == 2
+    assert "time_limit_min: expected a positive number of minutes" in capsys.readouterr().err
 
 
 def test_cli_train_fpr(tmp_path):

@@ -78,6 +78,9 @@ def add_parser(sub, parents):
     t.add_argument("--init-weights", metavar="FILE",
                    help="start from the weights of this .keras file of the same network (fine-tuning) "
                         "instead of random ones; the card records the file and its sha256")
+    t.add_argument("--time-limit", type=float, metavar="MIN",
+                   help="stop after the first epoch that ends past MIN minutes of training, keeping the best "
+                        "weights (fit a batch job's wall time; --resume goes on later)")
     t.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
                    help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     t.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
@@ -204,7 +207,7 @@ def run(args) -> int:
         batch_size=args.batch_size or (16 if args.task == "segmenter" else 32),
         learning_rate=args.learning_rate, patience=args.patience, val_fraction=args.val_fraction,
         seed=args.seed, workers=args.workers, max_cases_in_memory=args.max_cases_in_memory, verbose=verbose,
-        init_weights=args.init_weights)
+        init_weights=args.init_weights, time_limit_min=args.time_limit)
     try:
         settings.check()
         cases, data_info = gather_cases(args)

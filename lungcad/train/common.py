@@ -54,6 +54,8 @@ class TrainSettings:
     verbose : Keras ``fit`` verbosity (1 a progress bar, 2 one line per epoch, 0 silent)
     init_weights : a ``.keras`` file of the same network to start from (fine-tuning) rather
         than new random weights; a resumed run starts from its checkpoint instead
+    time_limit_min : stop after the first epoch that ends past this many minutes of training
+        (a batch job's wall time); the best weights so far are kept, and ``--resume`` goes on
     """
 
     epochs: int = 20
@@ -68,6 +70,7 @@ class TrainSettings:
     max_cases_in_memory: int | None = None
     verbose: int = 1
     init_weights: str | None = None
+    time_limit_min: float | None = None
 
     def check(self) -> None:
         for name in ("epochs", "steps_per_epoch", "val_steps", "batch_size", "workers"):
@@ -78,6 +81,9 @@ class TrainSettings:
             raise ValueError(f"learning_rate: expected a positive number. Received {self.learning_rate!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a number in [0, 1). Received {self.val_fraction!r}")
+        if self.time_limit_min is not None and not self.time_limit_min > 0:
+            raise ValueError(f"time_limit_min: expected a positive number of minutes. "
+                             f"Received {self.time_limit_min!r}")
         if self.init_weights is not None and not Path(self.init_weights).is_file():
             raise ValueError(f"init_weights: {self.init_weights}: file not found")
 
@@ -167,6 +173,24 @@ def roc_auc(labels, scores) -> float:
 
 
 # -------------------------------------------------------------------------- run directory
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training after the first epoch that ends ``minutes`` after training began."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = float(minutes) * 60.0
+        self.t0 = time.perf_counter()
+        self.stopped_epoch: int | None = None
+
+    def on_train_begin(self, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.perf_counter() - self.t0 >= self.seconds:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1
+
 
 class RunState(keras.callbacks.Callback):
     """Saves ``last.keras`` and ``state.json`` after every epoch, and ``best.keras`` when the
@@ -310,6 +334,9 @@ def fit(*, build: Callable[[], Any], compile_model: Callable[[Any], None], train
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
                                           patience=max(1, settings.patience // 2), min_lr=1e-5),
     ]
+    limit = TimeLimit(settings.time_limit_min) if settings.time_limit_min else None
+    if limit is not None:
+        callbacks.append(limit)
     t0 = time.perf_counter()
     if initial_epoch < settings.epochs:
         model.fit(train_data, validation_data=val_data, epochs=settings.epochs,
@@ -324,6 +351,9 @@ def fit(*, build: Callable[[], Any], compile_model: Callable[[Any], None], train
             "best_monitor": monitor, "best_value": _num(state.get("best")),
             "resumed_from": initial_epoch if resume and initial_epoch else None,
             "seconds": round(seconds, 1), "commands": state.get("commands", commands)}
+    if limit is not None:
+        info["time_limit_min"] = settings.time_limit_min
+        info["stopped_by_time_limit"] = limit.stopped_epoch is not None and limit.stopped_epoch < settings.epochs
     if settings.init_weights is not None:
         info["init_weights"] = {"path": str(settings.init_weights),
                                 "sha256": sha256(Path(settings.init_weights))}

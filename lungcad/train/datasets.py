@@ -118,7 +118,7 @@ class _CasePool:
     """The cases a dataset holds in memory, prepared by ``prepare(case) -> entry``."""
 
     def __init__(self, cases: Sequence[CaseLike], prepare: Callable, *, max_in_memory: int | None,
-                 seed: int, verbose: bool):
+                 seed: int, verbose: bool, workers: int = 1):
         if len(cases) == 0:
             raise ValueError("a training dataset needs at least one case. Received none")
         self.cases = list(cases)
@@ -126,6 +126,7 @@ class _CasePool:
         self.max_in_memory = max_in_memory
         self.seed = seed
         self.verbose = verbose
+        self.workers = max(int(workers), 1)
         self.entries: list = []
         self.load(0)
 
@@ -140,12 +141,26 @@ class _CasePool:
         else:
             idx = range(len(self.cases))
         todo = [self.cases[i] for i in idx]
-        it = todo
-        if self.verbose:
-            from tqdm.auto import tqdm
 
-            it = tqdm(todo, desc="preparing cases", unit="case", leave=False)
-        self.entries = [self.prepare(c.load()) for c in it]
+        def one(c):
+            return self.prepare(c.load())
+
+        if self.workers > 1 and len(todo) > 1:
+            # reading .npz files, making phantoms and resampling release the GIL for most of their time
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=self.workers) as ex:
+                it = ex.map(one, todo)          # results in the order of ``todo``
+                self.entries = list(self._progress(it, len(todo)))
+        else:
+            self.entries = [one(c) for c in self._progress(todo, len(todo))]
+
+    def _progress(self, it, total: int):
+        if not self.verbose:
+            return it
+        from tqdm.auto import tqdm
+
+        return tqdm(it, total=total, desc="preparing cases", unit="case", leave=False)
 
 
 # ----------------------------------------------------------------------- segmenter data
@@ -207,7 +222,7 @@ class SegmenterDataset(_PyDataset):
         self.seed = int(seed)
         self.epoch = 0
         self.pool = _CasePool(cases, self._prepare, max_in_memory=max_cases_in_memory, seed=self.seed,
-                              verbose=verbose)
+                              verbose=verbose, workers=self.workers)
 
     # ---- preparation ------------------------------------------------------------------
     def _prepare(self, case: Case) -> _SegEntry:
@@ -386,7 +401,7 @@ class FPRDataset(_PyDataset):
         self.margin_mm = float(margin_mm)
         self.threshold_hu = float(threshold_hu)
         self.pool = _CasePool(cases, self._prepare, max_in_memory=max_cases_in_memory, seed=self.seed,
-                              verbose=verbose)
+                              verbose=verbose, workers=self.workers)
         self._index()
 
     # ---- preparation ------------------------------------------------------------------
