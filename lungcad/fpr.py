@@ -128,13 +128,20 @@ def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=N
 
     The cube's axes are world z, y, x; outside the scan is air.
     """
+    return _sample_patches(window(hu, window_hu), centres_xyz, spacing=spacing, origin=origin,
+                           direction=direction, scales_mm=scales_mm, patch_size=patch_size,
+                           rotation=rotation, views=views)
+
+
+def _sample_patches(w: np.ndarray, centres_xyz, *, spacing, origin, direction, scales_mm, patch_size: int,
+                    rotation, views: str) -> np.ndarray:
+    """:func:`extract_patches` from an already windowed volume ``w``."""
     centres = np.atleast_2d(np.asarray(centres_xyz, dtype=float))
     n = len(centres)
     scales = np.broadcast_to(np.asarray(scales_mm, dtype=float), (n,))
     P = int(patch_size)
     out = np.empty((n, *patch_shape(views, P)), dtype=np.float32)
     offsets = _grid_offsets(views, P)                                      # (M, xyz) in voxels
-    w = window(hu, window_hu)
     for i in range(n):
         off = offsets * scales[i]
         if rotation is not None:
@@ -193,7 +200,7 @@ def build_fpr_model(*, backbone: str = "wrn3d", patch_size: int = 32, backbone_k
 def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: int = 32,
                         patch_mm: float = 1.0, fit_fraction: float = 0.7,
                         window_hu=(-1000.0, 400.0), batch_size: int = 32,
-                        views: str | None = None, tta: int = 1) -> pd.DataFrame:
+                        views: str | None = None, tta: int = 1, tta_top: int | None = None) -> pd.DataFrame:
     """Add ``nodule_prob``, ``malignancy_prob`` and ``patch_mm`` to a candidate table.
 
     ``probability`` becomes the nodule probability (the LUNA16 score); the
@@ -202,10 +209,15 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     returning ``{"nodule", "malignancy"}``.  ``views`` is the kind of patch the model
     takes; None reads it from a Keras model's input (a cube for other callables).
     ``tta`` is the number of test-time views (:func:`tta_rotations`) whose nodule and
-    malignancy probabilities are averaged; 1 is the plain patch.
+    malignancy probabilities are averaged; 1 is the plain patch.  With ``tta_top``, every
+    candidate is first scored on the plain patch, and only the ``tta_top`` that score
+    highest get all ``tta`` views (a cascade: the averaging matters for the candidates that
+    compete for the top ranks, and costs ``tta`` times as much); None gives them to all.
     The table is returned sorted by probability.
     """
     rotations = tta_rotations(tta)
+    if tta_top is not None and (int(tta_top) != tta_top or tta_top < 0):
+        raise ValueError(f"tta_top: expected None or an integer >= 0. Received {tta_top!r}")
     views = views or model_views(model) or "cube"
     out = candidates.copy()
     if len(out) == 0:
@@ -214,22 +226,36 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
         return out
     scales = patch_spacing(out["diameter_mm"].to_numpy(), patch_size=patch_size, patch_mm=patch_mm,
                            fit_fraction=fit_fraction)
-    nod = np.empty(len(out), dtype=np.float32)
-    mal = np.empty(len(out), dtype=np.float32)
     centres = out[["coordX", "coordY", "coordZ"]].to_numpy(float)
-    for s in range(0, len(out), batch_size):
-        e = min(s + batch_size, len(out))
-        n, r = e - s, len(rotations)
-        # every view of the batch in one sampling call and one network call, view-major:
-        # (views x candidates) patches, then the mean per candidate
-        patches = extract_patches(volume.hu, np.tile(centres[s:e], (r, 1)), spacing=volume.spacing,
-                                  origin=volume.origin, direction=volume.direction,
-                                  scales_mm=np.tile(scales[s:e], r), patch_size=patch_size,
-                                  window_hu=window_hu, views=views, rotation=np.repeat(rotations, n, axis=0))
-        log_scale = np.log2(np.tile(scales[s:e], r))[:, None].astype(np.float32)
-        pred = _predict(model, {"patch": patches, "scale": log_scale}, batch_size=batch_size * r)
-        nod[s:e] = np.asarray(pred[NODULE], dtype=np.float32).reshape(r, n).mean(axis=0)
-        mal[s:e] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(r, n).mean(axis=0)
+    w = window(volume.hu, window_hu)          # once per scan, not once per batch
+
+    def score(idx, rots):
+        nod = np.empty(len(idx), dtype=np.float32)
+        mal = np.empty(len(idx), dtype=np.float32)
+        r = len(rots)
+        for s in range(0, len(idx), batch_size):
+            sel = idx[s:s + batch_size]
+            n = len(sel)
+            # every view of the batch in one sampling call and one network call, view-major:
+            # (views x candidates) patches, then the mean per candidate
+            patches = _sample_patches(w, np.tile(centres[sel], (r, 1)), spacing=volume.spacing,
+                                      origin=volume.origin, direction=volume.direction,
+                                      scales_mm=np.tile(scales[sel], r), patch_size=patch_size,
+                                      rotation=np.repeat(rots, n, axis=0), views=views)
+            log_scale = np.log2(np.tile(scales[sel], r))[:, None].astype(np.float32)
+            pred = _predict(model, {"patch": patches, "scale": log_scale}, batch_size=batch_size * r)
+            nod[s:s + n] = np.asarray(pred[NODULE], dtype=np.float32).reshape(r, n).mean(axis=0)
+            mal[s:s + n] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(r, n).mean(axis=0)
+        return nod, mal
+
+    everyone = np.arange(len(out))
+    if tta_top is None or len(rotations) == 1 or tta_top >= len(out):
+        nod, mal = score(everyone, rotations)
+    else:
+        nod, mal = score(everyone, rotations[:1])
+        top = np.argsort(-nod, kind="stable")[:int(tta_top)]
+        if len(top):
+            nod[top], mal[top] = score(top, rotations)
     out["nodule_prob"] = nod.astype(float)
     out["malignancy_prob"] = mal.astype(float)
     out["patch_mm"] = scales

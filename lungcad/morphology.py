@@ -11,7 +11,12 @@ The candidate U-Net works slice by slice, so this stage does too:
    R mm link into one 3-D candidate, and so do those whose footprints overlap by a given
    fraction of the smaller one and are both large (:func:`overlap_links`: a mass on thick
    slices);
-6. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
+6. with ``weak_threshold``, :func:`weak_components` adds faint blobs: per-slice components of
+   the map at that lower level that hold no voxel of the first threshold in their slice or
+   the slices just above and below.  A 4 mm nodule on 5 mm slices fills a slice to less
+   than half, and the U-Net answers 0.2-0.4 there; these blobs go through steps 4-5 on
+   their own (they never join a candidate of the first threshold) and come after them;
+7. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
 
 Every distance is in millimetres; voxel indices stay inside the functions or travel in
 tables next to the spacing that gives them meaning.
@@ -45,7 +50,7 @@ from scipy import ndimage
 from .result import CANDIDATE_COLUMNS, empty_candidates
 from .volume import voxel_to_world
 
-__all__ = ["threshold", "structuring_element", "dilate", "erode", "components_2d",
+__all__ = ["threshold", "structuring_element", "dilate", "erode", "components_2d", "weak_components",
            "merge_by_distance", "merge_z", "overlap_links", "extract_candidates", "EXTRA_COLUMNS",
            "DETECTION_COLUMNS"]
 
@@ -234,6 +239,38 @@ def components_2d(mask, prob, *, spacing) -> pd.DataFrame:
     sp = _check_spacing(spacing)
     labels, n = _label_slices(mask)
     return _component_table(labels, n, prob, sp)
+
+
+def weak_components(prob, strong, *, level: float, spacing, dilation_mm: float = 1.0,
+                    erosion_mm: float = 1.0) -> tuple[np.ndarray, int]:
+    """Per-slice components of the map at a lower ``level`` that keep clear of ``strong``.
+
+    ``prob >= level`` is closed like the main threshold (``dilation_mm``, ``erosion_mm``) and
+    labelled per slice (8-connected); a component is dropped when it shares a pixel with
+    ``strong`` (the foreground of the main threshold) in its own slice or in the slice just
+    above or below, so a faint blob is never the rim or the cap of a stronger detection.
+
+    Returns ``(labels, n)``: the kept components numbered 1..n in C order, 0 elsewhere.
+    """
+    prob = _check_volume("prob", prob)
+    strong = _check_volume("strong", strong).astype(bool)
+    if strong.shape != prob.shape:
+        raise ValueError(f"strong: expected the shape of prob {prob.shape}. Received {strong.shape}")
+    sp = _check_spacing(spacing)
+    fg = erode(dilate(threshold(prob, level=level), radius_mm=dilation_mm, spacing=sp),
+               radius_mm=erosion_mm, spacing=sp)
+    labels, n = _label_slices(fg)
+    if n == 0:
+        return labels, 0
+    near = strong.copy()
+    near[1:] |= strong[:-1]
+    near[:-1] |= strong[1:]
+    drop = np.zeros(n + 1, dtype=bool)
+    drop[np.unique(labels[near & (labels > 0)])] = True
+    drop[0] = True
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[~drop] = np.arange(1, int((~drop).sum()) + 1, dtype=np.int32)
+    return remap[labels], int((~drop).sum())
 
 
 class _UnionFind:
@@ -440,8 +477,8 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
                        erosion_mm: float = 1.0, merge_distance_mm: float = 5.0,
                        z_merge_mm: float = 5.0, max_gap_slices: int = 1,
                        min_diameter_mm: float = 3.0, max_candidates: int | None = None,
-                       mask=None, z_overlap: float = 0.5, z_overlap_min_mm: float = 10.0
-                       ) -> pd.DataFrame:
+                       mask=None, z_overlap: float = 0.5, z_overlap_min_mm: float = 10.0,
+                       weak_threshold: float = 0.0) -> pd.DataFrame:
     """Turn a probability map into the candidate table.
 
     Parameters
@@ -475,6 +512,12 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         of the smaller one's pixels, when both are at least ``z_overlap_min_mm`` across
         (:func:`overlap_links`); 0 turns that off.
     z_overlap_min_mm : float, optional
+    weak_threshold : float, optional
+        A second, lower level (0 = off; at or above ``threshold`` there is nothing between
+        the two, and no weak candidate): faint blobs that reach it but keep clear of the
+        ``threshold`` foreground (:func:`weak_components`) become candidates of their own,
+        merged and linked among themselves.  Their ``seg_prob`` is below ``threshold``, so they
+        come after the others and are the first to go under ``max_candidates``.
 
     Returns
     -------
@@ -486,6 +529,8 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     """
     prob = _check_volume("prob", prob)
     sp = _check_spacing(spacing)
+    if not 0.0 <= weak_threshold <= 1.0:
+        raise ValueError(f"weak_threshold: expected a level from 0 (off) to 1. Received {weak_threshold!r}")
     if mask is not None:
         mask = _check_volume("mask", mask).astype(bool)
         if mask.shape != prob.shape:
@@ -498,20 +543,25 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     fg = dilate(fg, radius_mm=dilation_mm, spacing=sp)
     fg = erode(fg, radius_mm=erosion_mm, spacing=sp)
     labels, n = _label_slices(fg)
+    cand_map = np.zeros(labels.shape, dtype=np.int32)
+    n_cand = 0
     dets = _component_table(labels, n, prob, sp)
-    if len(dets) == 0:
+    if len(dets):
+        dets = merge_by_distance(dets, distance_mm=merge_distance_mm)
+        links = (overlap_links(labels, dets, min_fraction=z_overlap, min_diameter_mm=z_overlap_min_mm)
+                 if z_overlap else None)
+        dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices, links=links)
+        n_cand = _paint_candidates(cand_map, labels, n, dets, first_id=1)
+    if 0.0 < weak_threshold < threshold:
+        wlabels, wn = weak_components(prob, fg, level=weak_threshold, spacing=sp,
+                                      dilation_mm=dilation_mm, erosion_mm=erosion_mm)
+        wdets = _component_table(wlabels, wn, prob, sp)
+        if len(wdets):
+            wdets = merge_by_distance(wdets, distance_mm=merge_distance_mm)
+            wdets = merge_z(wdets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices)
+            n_cand += _paint_candidates(cand_map, wlabels, wn, wdets, first_id=n_cand + 1)
+    if n_cand == 0:
         return empty_candidates(EXTRA_COLUMNS)
-    dets = merge_by_distance(dets, distance_mm=merge_distance_mm)
-    links = (overlap_links(labels, dets, min_fraction=z_overlap, min_diameter_mm=z_overlap_min_mm)
-             if z_overlap else None)
-    dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices, links=links)
-
-    # candidate id per voxel
-    lut = np.zeros(n + 1, dtype=np.int32)
-    for cand, labs in zip(dets["candidate"], dets["labels"]):
-        lut[list(labs)] = cand + 1
-    cand_map = lut[labels]
-    n_cand = int(dets["candidate"].max()) + 1
     table = _measure(cand_map, n_cand, prob, sp, mask)
     table = table[table["diameter_mm"] >= min_diameter_mm].copy()
     if len(table) == 0:
@@ -525,6 +575,18 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     if max_candidates is not None:
         table = table.head(int(max_candidates))
     return table[CANDIDATE_COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)
+
+
+def _paint_candidates(cand_map: np.ndarray, labels: np.ndarray, n: int, dets: pd.DataFrame, *,
+                      first_id: int) -> int:
+    """Write candidate ids ``first_id, first_id + 1, ...`` of ``dets`` (rows of merged per-slice
+    labels) into ``cand_map`` where ``labels`` has them; return how many candidates there are."""
+    lut = np.zeros(n + 1, dtype=np.int32)
+    for cand, labs in zip(dets["candidate"], dets["labels"]):
+        lut[list(labs)] = cand + first_id
+    own = lut[labels]
+    np.copyto(cand_map, own, where=own > 0)
+    return int(dets["candidate"].max()) + 1
 
 
 _NEIGHBOURS = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1)

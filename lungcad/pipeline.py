@@ -185,7 +185,8 @@ class Pipeline:
             table = fpr.classify_candidates(volume, table, model=self.classifier,
                                             patch_size=f.patch_size, patch_mm=f.patch_mm,
                                             fit_fraction=f.fit_fraction, window_hu=f.window_hu,
-                                            batch_size=f.batch_size, views=self.fpr_views, tta=f.tta)
+                                            batch_size=f.batch_size, views=self.fpr_views, tta=f.tta,
+                                            tta_top=f.tta_top or None)
 
         with stage("aggregate"):
             p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak)

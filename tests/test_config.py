@@ -50,6 +50,10 @@ def test_weights_resolution(tmp_path):
     ("[fpr]\ntta = 3\n", r"tta: expected one of \(1, 2, 4, 8\)"),
     ("[morphology]\nz_overlap = 1.5\n", r"z_overlap: expected a fraction from 0 \(off\) to 1"),
     ("[morphology]\nz_overlap_min_mm = -1.0\n", r"z_overlap_min_mm: expected a width >= 0 in mm"),
+    ("[morphology]\nweak_threshold = 1.5\n", r"weak_threshold: expected a level from 0 \(off\) to 1"),
+    ("[morphology]\nweak_threshold = -0.1\n", r"weak_threshold: expected a level from 0 \(off\) to 1"),
+    ("[fpr]\ntta_top = -5\n", r"tta_top: expected a number of candidates >= 0"),
+    ("[fpr]\ntta_top = 2.5\n", r"\[fpr\] tta_top: expected an integer"),
 ])
 def test_bad_files_name_the_problem(tmp_path, text, match):
     toml = tmp_path / "bad.toml"

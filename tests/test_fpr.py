@@ -169,3 +169,25 @@ def test_fpr_model_on_any_zoo_backbone(backbone, kwargs, patch):
                           "probability": [0.9]})
     out = classify_candidates(vol, cands, model=model, patch_size=patch[0])
     assert out["nodule_prob"].between(0, 1).all() and out["malignancy_prob"].between(0, 1).all()
+
+
+def test_tta_top_gives_the_test_time_views_to_the_top_of_a_plain_pass():
+    """With tta_top = k, every candidate is scored on its plain patch, and the k that score
+    highest there are scored again on all the views (their mean replaces the plain score)."""
+    vol, blob = blob_volume()
+    empty = vol.voxel_to_world([20, 100, 95])
+    # a and b sit 5 mm left of the blob (plain view 1.0, mean of 8 views 0.25); c sees nothing
+    cands = pd.DataFrame({"seriesuid": "s1", "coordX": [blob[0] - 5.0, empty[0], blob[0] - 5.0],
+                          "coordY": [blob[1], empty[1], blob[1] + 0.5], "coordZ": [blob[2], empty[2], blob[2]],
+                          "diameter_mm": [6.0, 6.0, 6.0], "probability": [0.9, 0.8, 0.7], "name": ["a", "c", "b"]})
+
+    def scores(**kw):
+        out = classify_candidates(vol, cands, model=right_half_classifier, patch_size=24, tta=8, **kw)
+        return dict(zip(out["name"], out["nodule_prob"].round(6)))
+
+    assert scores() == {"a": 0.25, "b": 0.25, "c": 0.0}
+    assert scores(tta_top=3) == scores(tta_top=50) == scores()
+    assert scores(tta_top=1) == {"a": 0.25, "b": 1.0, "c": 0.0}     # a: first of the tie, views averaged
+    assert scores(tta_top=0) == {"a": 1.0, "b": 1.0, "c": 0.0}      # nobody: the plain pass
+    with pytest.raises(ValueError, match="tta_top"):
+        scores(tta_top=-1)

@@ -13,7 +13,7 @@ import pytest
 
 from lungcad.morphology import (EXTRA_COLUMNS, components_2d, dilate, erode, extract_candidates,
                                 merge_by_distance, merge_z, overlap_links, structuring_element,
-                                threshold)
+                                threshold, weak_components)
 from lungcad.result import CANDIDATE_COLUMNS
 from lungcad.volume import voxel_to_world, world_to_voxel
 
@@ -289,6 +289,62 @@ def test_oblique_mass_on_thick_slices_is_one_candidate():
     assert one.loc[0, "x"] * sp[2] == pytest.approx(30.0 + 9.0 * 2.5, abs=2.0)
     split = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), z_overlap=0.0)
     assert len(split) >= 3
+
+
+def test_weak_components_keep_clear_of_the_strong_foreground():
+    """Faint blobs become weak components unless they touch the strong foreground in their own
+    slice or the slice just above or below (the rim or cap of a stronger detection)."""
+    sp = (5.0, 0.8, 0.8)
+    shape = (8, 100, 100)
+    prob = np.zeros(shape, np.float32)
+    strong = np.zeros(shape, bool)
+    strong[3] = disc(shape[1:], sp, (20.0, 20.0), 10.0)
+    prob[3][disc(shape[1:], sp, (20.0, 20.0), 14.0)] = 0.3           # the rim of the strong blob
+    prob[3][strong[3]] = 0.9
+    prob[4][disc(shape[1:], sp, (20.0, 20.0), 6.0)] = 0.3            # its cap, one slice down
+    prob[6][disc(shape[1:], sp, (20.0, 20.0), 6.0)] = 0.3            # two slices down: clear of it
+    prob[3][disc(shape[1:], sp, (60.0, 60.0), 4.0)] = 0.35           # a faint nodule far away
+    labels, n = weak_components(prob, strong, level=0.25, spacing=sp)
+    assert n == 2 and labels.max() == 2
+    kept = {int(k) for k in np.nonzero(labels)[0]}
+    assert kept == {3, 6} and labels[3, 75, 75] > 0 and labels[6, 25, 25] > 0
+    assert labels[3][~disc(shape[1:], sp, (60.0, 60.0), 6.0)].max() == 0   # no rim kept
+    assert weak_components(prob, strong, level=0.5, spacing=sp)[1] == 0
+
+
+def test_weak_threshold_adds_faint_nodules_after_the_others():
+    """A 4 mm nodule on 5 mm slices that the map shows at 0.3 is no candidate at threshold 0.4;
+    with weak_threshold = 0.2 it is one, located at its centre and ranked after the strong ones,
+    and the first to go under max_candidates.  The rim of a strong nodule adds nothing."""
+    sp = (5.0, 0.7, 0.7)
+    prob = np.zeros((12, 120, 120), np.float32)
+    draw_ellipsoid(prob, sp, (30.0, 30.0, 30.0), 6.0)
+    prob *= 0.95
+    halo = dilate(prob > 0.4, radius_mm=3.0, spacing=sp) & (prob <= 0.4)
+    prob[halo] = 0.25                                                   # a faint rim around it
+    faint = np.zeros_like(prob)
+    draw_ellipsoid(faint, sp, (27.5, 60.0, 60.0), 2.0)                  # centred on slice 5.5: 2 slices
+    prob = np.maximum(prob, 0.3 * (faint > 0.2))
+    off = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0)
+    assert len(off) == 1
+    on = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+                            weak_threshold=0.2)
+    assert len(on) == 2
+    assert on.loc[0, "seg_prob"] == pytest.approx(0.95, abs=0.01)
+    assert on.loc[1, "seg_prob"] == pytest.approx(0.3)
+    weak = on.loc[1]
+    assert weak["y"] * sp[1] == pytest.approx(60.0, abs=0.7) and weak["x"] * sp[2] == pytest.approx(60.0, abs=0.7)
+    assert weak["z"] * sp[0] == pytest.approx(27.5, abs=1.0) and weak["n_slices"] == 2
+    capped = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+                                weak_threshold=0.2, max_candidates=1)
+    assert capped.loc[0, "seg_prob"] > 0.9
+    # at or above the threshold nothing lies between the two levels
+    for level in (0.4, 0.6):
+        same = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+                                  weak_threshold=level)
+        pd.testing.assert_frame_equal(same, off)
+    with pytest.raises(ValueError, match="weak_threshold: expected a level from 0 \\(off\\) to 1"):
+        extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, weak_threshold=-0.2)
 
 
 def test_bad_input_raises_value_error():

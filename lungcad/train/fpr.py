@@ -54,7 +54,8 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
             f = config.fpr
             cands = classify_candidates(case.volume, cands, model=classifier, patch_size=f.patch_size,
                                         patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
-                                        window_hu=f.window_hu, batch_size=f.batch_size, tta=f.tta)
+                                        window_hu=f.window_hu, batch_size=f.batch_size, tta=f.tta,
+                                        tta_top=f.tta_top or None)
         mined[case.patient_id] = cands
         hard[case.patient_id] = hard_negatives(case, cands, max_per_case=max_per_case)
         del case
