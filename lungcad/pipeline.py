@@ -85,6 +85,52 @@ def versions() -> dict[str, str]:
     return out
 
 
+# ---------------------------------------------------------------- the stages with a config
+# Pipeline.run and training's candidate mining (lungcad.train.common.detect_candidates) call
+# these, so that what the FPR network is trained on is what the pipeline asks it about.
+
+def lung_stage(volume: CTVolume, config: PipelineConfig):
+    """The lung mask of ``volume`` (:func:`lungcad.lungmask.segment_lungs`) and the lung box
+    around it, with ``config``'s ``[lungmask]`` settings: ``(LungMask, box)``."""
+    from lungcad import lungmask
+
+    c = config.lungmask
+    lm = lungmask.segment_lungs(volume.hu, spacing=volume.spacing, direction=volume.direction,
+                                threshold_hu=c.threshold_hu, plausible_litres=tuple(c.plausible_litres),
+                                closing_mm=c.closing_mm, mass_mm=c.mass_mm)
+    return lm, lungmask.lung_box(lm.mask, spacing=volume.spacing, margin_mm=c.margin_mm)
+
+
+def candidate_stage(volume: CTVolume, segmenter, box, config: PipelineConfig) -> np.ndarray:
+    """The U-Net's probability map of ``volume`` over the lung ``box``, with ``[candidates]``."""
+    from lungcad import candidates
+
+    c = config.candidates
+    return candidates.predict_probability_map(
+        volume.hu, spacing=volume.spacing, model=segmenter, box=box, context_slices=c.context_slices,
+        pixel_mm=c.pixel_mm, window_hu=c.window_hu, batch_size=c.batch_size, tile=c.tile)
+
+
+def morphology_stage(volume: CTVolume, prob: np.ndarray, lung_mask, config: PipelineConfig):
+    """The candidate table of a probability map, with ``[morphology]`` (every key of that
+    section is a keyword of :func:`lungcad.morphology.extract_candidates`)."""
+    from lungcad import morphology
+
+    return morphology.extract_candidates(
+        prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
+        series_uid=volume.series_uid, mask=lung_mask, **dataclasses.asdict(config.morphology))
+
+
+def fpr_stage(volume: CTVolume, table, classifier, config: PipelineConfig, *, views: str | None = None):
+    """``table`` with the FPR network's nodule and malignancy probabilities, with ``[fpr]``."""
+    from lungcad import fpr
+
+    f = config.fpr
+    return fpr.classify_candidates(volume, table, model=classifier, patch_size=f.patch_size,
+                                   patch_mm=f.patch_mm, fit_fraction=f.fit_fraction, window_hu=f.window_hu,
+                                   batch_size=f.batch_size, views=views, tta=f.tta, tta_top=f.tta_top or None)
+
+
 class Pipeline:
     """Lung mask -> U-Net candidates -> morphology -> FPR -> patient probability.
 
@@ -139,7 +185,7 @@ class Pipeline:
 
     def run(self, volume: CTVolume, *, input_path: str = "") -> ScanResult:
         """Run every stage on one scan and return its :class:`ScanResult`."""
-        from lungcad import aggregate, candidates, fpr, lungmask, morphology
+        from lungcad import aggregate
 
         cfg = self.config
         timings: dict[str, float] = {}
@@ -159,34 +205,18 @@ class Pipeline:
                 timings[name] = round(time.perf_counter() - t0, 4)
 
         with stage("lungmask"):
-            lm = lungmask.segment_lungs(volume.hu, spacing=volume.spacing, direction=volume.direction,
-                                        threshold_hu=cfg.lungmask.threshold_hu,
-                                        plausible_litres=tuple(cfg.lungmask.plausible_litres),
-                                        closing_mm=cfg.lungmask.closing_mm, mass_mm=cfg.lungmask.mass_mm)
+            lm, box = lung_stage(volume, cfg)
             warnings.extend(lm.warnings)
-            box = lungmask.lung_box(lm.mask, spacing=volume.spacing, margin_mm=cfg.lungmask.margin_mm)
 
         with stage("candidates"):
-            c = cfg.candidates
-            prob = candidates.predict_probability_map(
-                volume.hu, spacing=volume.spacing, model=self.segmenter, box=box,
-                context_slices=c.context_slices, pixel_mm=c.pixel_mm, window_hu=c.window_hu,
-                batch_size=c.batch_size, tile=c.tile)
+            prob = candidate_stage(volume, self.segmenter, box, cfg)
 
         with stage("morphology"):
-            # every [morphology] key is a keyword of extract_candidates
-            table = morphology.extract_candidates(
-                prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
-                series_uid=volume.series_uid, mask=lm.mask, **dataclasses.asdict(cfg.morphology))
+            table = morphology_stage(volume, prob, lm.mask, cfg)
             del prob
 
         with stage("fpr"):
-            f = cfg.fpr
-            table = fpr.classify_candidates(volume, table, model=self.classifier,
-                                            patch_size=f.patch_size, patch_mm=f.patch_mm,
-                                            fit_fraction=f.fit_fraction, window_hu=f.window_hu,
-                                            batch_size=f.batch_size, views=self.fpr_views, tta=f.tta,
-                                            tta_top=f.tta_top or None)
+            table = fpr_stage(volume, table, self.classifier, cfg, views=self.fpr_views)
 
         with stage("aggregate"):
             p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak)

@@ -403,22 +403,14 @@ def _num(v):
 def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=None) -> pd.DataFrame:
     """The candidate table that the pipeline's first stages (lung mask, U-Net, morphology)
     give for ``volume``: what the FPR network will be asked to classify."""
-    from lungcad import candidates, lungmask, morphology
+    from lungcad import lungmask
+    from lungcad.pipeline import candidate_stage, lung_stage, morphology_stage
 
-    cfg = config
     if lung_mask is None:
-        lung_mask = lungmask.segment_lungs(volume.hu, spacing=volume.spacing, direction=volume.direction,
-                                           threshold_hu=cfg.lungmask.threshold_hu,
-                                           plausible_litres=tuple(cfg.lungmask.plausible_litres),
-                                           closing_mm=cfg.lungmask.closing_mm, mass_mm=cfg.lungmask.mass_mm).mask
-    box = lungmask.lung_box(lung_mask, spacing=volume.spacing, margin_mm=cfg.lungmask.margin_mm)
-    c = cfg.candidates
-    prob = candidates.predict_probability_map(
-        volume.hu, spacing=volume.spacing, model=segmenter, box=box, context_slices=c.context_slices,
-        pixel_mm=c.pixel_mm, window_hu=c.window_hu, batch_size=c.batch_size, tile=c.tile)
-    return morphology.extract_candidates(
-        prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
-        series_uid=volume.series_uid, mask=lung_mask, **asdict(cfg.morphology))
+        lung_mask = lung_stage(volume, config)[0].mask
+    box = lungmask.lung_box(lung_mask, spacing=volume.spacing, margin_mm=config.lungmask.margin_mm)
+    prob = candidate_stage(volume, segmenter, box, config)
+    return morphology_stage(volume, prob, lung_mask, config)
 
 
 def match_candidates(candidates: pd.DataFrame, lesions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

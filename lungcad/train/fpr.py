@@ -19,9 +19,10 @@ import pandas as pd
 import keras
 
 from lungcad.config import PipelineConfig
-from lungcad.fpr import (MALIGNANCY, NODULE, build_fpr_model, classify_candidates, model_views, patch_shape,
+from lungcad.fpr import (MALIGNANCY, NODULE, build_fpr_model, model_views, patch_shape,
                          views_for)
 from lungcad.models.registry import REGISTRY
+from lungcad.pipeline import fpr_stage
 from lungcad.train.common import (TrainResult, TrainSettings, detect_candidates, fit, last_metrics,
                                   make_card, match_candidates, roc_auc, write_outputs)
 from lungcad.train.data import Case, CaseLike, CaseRef, apply_patient_labels, drop_near, split_by_patient
@@ -51,11 +52,7 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
         case = ref.load()
         cands = detect_candidates(case.volume, segmenter, config)
         if classifier is not None:
-            f = config.fpr
-            cands = classify_candidates(case.volume, cands, model=classifier, patch_size=f.patch_size,
-                                        patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
-                                        window_hu=f.window_hu, batch_size=f.batch_size, tta=f.tta,
-                                        tta_top=f.tta_top or None)
+            cands = fpr_stage(case.volume, cands, classifier, config)
         mined[case.patient_id] = cands
         hard[case.patient_id] = hard_negatives(case, cands, max_per_case=max_per_case)
         del case
