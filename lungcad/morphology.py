@@ -262,15 +262,24 @@ def weak_components(prob, strong, *, level: float, spacing, dilation_mm: float =
     labels, n = _label_slices(fg)
     if n == 0:
         return labels, 0
-    near = strong.copy()
-    near[1:] |= strong[:-1]
-    near[:-1] |= strong[1:]
+    # the labelled pixels are few: work on them, not on the whole volume
+    at = np.flatnonzero(labels)
+    lab = labels.reshape(-1)[at]
+    k = at // (labels.shape[1] * labels.shape[2])
+    inplane = at % (labels.shape[1] * labels.shape[2])
+    flat_strong = strong.reshape(strong.shape[0], -1)
+    near = flat_strong[k, inplane].copy()
+    near[k > 0] |= flat_strong[k[k > 0] - 1, inplane[k > 0]]
+    last = k < strong.shape[0] - 1
+    near[last] |= flat_strong[k[last] + 1, inplane[last]]
     drop = np.zeros(n + 1, dtype=bool)
-    drop[np.unique(labels[near & (labels > 0)])] = True
+    drop[lab[near]] = True
     drop[0] = True
     remap = np.zeros(n + 1, dtype=np.int32)
     remap[~drop] = np.arange(1, int((~drop).sum()) + 1, dtype=np.int32)
-    return remap[labels], int((~drop).sum())
+    out = np.zeros(labels.shape, dtype=np.int32)
+    out.reshape(-1)[at] = remap[lab]
+    return out, int((~drop).sum())
 
 
 class _UnionFind:
@@ -584,8 +593,9 @@ def _paint_candidates(cand_map: np.ndarray, labels: np.ndarray, n: int, dets: pd
     lut = np.zeros(n + 1, dtype=np.int32)
     for cand, labs in zip(dets["candidate"], dets["labels"]):
         lut[list(labs)] = cand + first_id
-    own = lut[labels]
-    np.copyto(cand_map, own, where=own > 0)
+    at = np.flatnonzero(labels)                 # few pixels: index them, not the whole volume
+    ids = lut[labels.reshape(-1)[at]]
+    cand_map.reshape(-1)[at[ids > 0]] = ids[ids > 0]
     return int(dets["candidate"].max()) + 1
 
 
