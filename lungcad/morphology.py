@@ -548,6 +548,15 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     if max_candidates is not None and (int(max_candidates) != max_candidates or max_candidates < 0):
         raise ValueError(f"max_candidates: expected None or an integer >= 0. "
                          f"Received max_candidates={max_candidates!r}")
+    # the map is empty outside the lung box: work on the box around its foreground
+    weak_on = 0.0 < weak_threshold < threshold
+    crop = _foreground_box(prob, level=weak_threshold if weak_on else threshold, spacing=sp,
+                           radius_mm=max(dilation_mm, erosion_mm))
+    if crop is None:
+        return empty_candidates(EXTRA_COLUMNS)
+    offset = np.array([s.start for s in crop], dtype=float)
+    prob = prob[crop]
+    mask = mask[crop] if mask is not None else None
     fg = _apply_threshold(prob, level=threshold)
     fg = dilate(fg, radius_mm=dilation_mm, spacing=sp)
     fg = erode(fg, radius_mm=erosion_mm, spacing=sp)
@@ -561,7 +570,7 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
                  if z_overlap else None)
         dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices, links=links)
         n_cand = _paint_candidates(cand_map, labels, n, dets, first_id=1)
-    if 0.0 < weak_threshold < threshold:
+    if weak_on:
         wlabels, wn = weak_components(prob, fg, level=weak_threshold, spacing=sp,
                                       dilation_mm=dilation_mm, erosion_mm=erosion_mm)
         wdets = _component_table(wlabels, wn, prob, sp)
@@ -575,7 +584,8 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     table = table[table["diameter_mm"] >= min_diameter_mm].copy()
     if len(table) == 0:
         return empty_candidates(EXTRA_COLUMNS)
-    zyx = table[["z", "y", "x"]].to_numpy(dtype=float)
+    zyx = table[["z", "y", "x"]].to_numpy(dtype=float) + offset
+    table["z"], table["y"], table["x"] = zyx[:, 0], zyx[:, 1], zyx[:, 2]
     xyz = np.atleast_2d(voxel_to_world(zyx, spacing=sp, origin=origin, direction=direction))
     table["coordX"], table["coordY"], table["coordZ"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     table["seriesuid"] = series_uid
@@ -584,6 +594,22 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     if max_candidates is not None:
         table = table.head(int(max_candidates))
     return table[CANDIDATE_COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)
+
+
+def _foreground_box(prob: np.ndarray, *, level: float, spacing: np.ndarray, radius_mm: float):
+    """The box around ``prob >= level`` with room for the closing and the one-voxel support
+    (slices z, y, x), or None when nothing reaches ``level``.  Labelling, closing and measuring
+    inside it give what they give on the whole volume: the component order (C order) and every
+    neighbourhood are the same."""
+    fg = threshold(prob, level=level)
+    zs = np.flatnonzero(fg.any(axis=(1, 2)))
+    if len(zs) == 0:
+        return None
+    ys = np.flatnonzero(fg.any(axis=(0, 2)))
+    xs = np.flatnonzero(fg.any(axis=(0, 1)))
+    margin = [2] + [int(np.ceil(radius_mm / float(spacing[a]))) + 2 for a in (1, 2)]
+    return tuple(slice(max(int(i[0]) - m, 0), min(int(i[-1]) + m + 1, n))
+                 for i, m, n in zip((zs, ys, xs), margin, prob.shape))
 
 
 def _paint_candidates(cand_map: np.ndarray, labels: np.ndarray, n: int, dets: pd.DataFrame, *,

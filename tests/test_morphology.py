@@ -347,6 +347,28 @@ def test_weak_threshold_adds_faint_nodules_after_the_others():
         extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, weak_threshold=-0.2)
 
 
+def test_empty_surroundings_change_nothing_but_the_indices():
+    """The stage works on the box around the map's foreground: padding the map with empty
+    space shifts the voxel indices by the padding and leaves the world positions and every
+    measurement as they were."""
+    sp = (2.5, 0.7, 0.7)
+    prob = np.zeros((20, 60, 60), np.float32)
+    draw_ellipsoid(prob, sp, (25.0, 20.0, 20.0), 5.0)
+    draw_ellipsoid(prob, sp, (25.0, 21.0, 30.0), (4.0, 2.0, 2.0))
+    prob[10][disc(prob.shape[1:], sp, (30.0, 12.0), 3.0)] = 0.32        # a weak blob
+    kw = dict(spacing=sp, threshold=0.4, weak_threshold=0.3, min_diameter_mm=1.0)
+    small = extract_candidates(prob, origin=(0.0, 0.0, 0.0), **kw)
+    pad = (7, 33, 21)
+    big = np.pad(prob, [(p, 9) for p in pad])
+    origin = tuple(-p * s for p, s in zip(pad[::-1], sp[::-1]))       # x, y, z of voxel (0, 0, 0)
+    moved = extract_candidates(big, origin=origin, **kw)
+    assert len(small) == 3 and (small["seg_prob"] < 0.4).sum() == 1
+    np.testing.assert_allclose(moved[["z", "y", "x"]].to_numpy() - pad, small[["z", "y", "x"]].to_numpy(),
+                               atol=1e-9)
+    cols = ["coordX", "coordY", "coordZ", "diameter_mm", "seg_prob", "volume_mm3", "n_slices"]
+    np.testing.assert_allclose(moved[cols].to_numpy(float), small[cols].to_numpy(float), atol=1e-9)
+
+
 def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match=r"spacing: expected 3 positive values"):
         extract_candidates(np.zeros((2, 4, 4)), spacing=(1, 1), origin=(0, 0, 0))
