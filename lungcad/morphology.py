@@ -12,8 +12,8 @@ The candidate U-Net works slice by slice, so this stage does too:
    fraction of the smaller one and are both large (:func:`overlap_links`: a mass on thick
    slices);
 6. with ``weak_threshold``, :func:`weak_components` adds faint blobs: per-slice components of
-   the map at that lower level that hold no voxel of the first threshold in their slice or
-   the slices just above and below.  A 4 mm nodule on 5 mm slices fills a slice to less
+   the map at that lower level that share no pixel with the first threshold's foreground, in
+   their slice or at the same place in the slices just above and below.  A 4 mm nodule on 5 mm slices fills a slice to less
    than half, and the U-Net answers 0.2-0.4 there; these blobs go through steps 4-5 on
    their own (they never join a candidate of the first threshold) and come after them;
 7. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
