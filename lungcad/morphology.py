@@ -563,21 +563,24 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     labels, n = _label_slices(fg)
     cand_map = np.zeros(labels.shape, dtype=np.int32)
     n_cand = 0
-    dets = _component_table(labels, n, prob, sp)
-    if len(dets):
+
+    def add(labs: np.ndarray, n_labs: int, *, overlap: bool) -> None:
+        """Steps 3-5 on one labelling: its candidates get the next ids in ``cand_map``."""
+        nonlocal n_cand
+        dets = _component_table(labs, n_labs, prob, sp)
+        if len(dets) == 0:
+            return
         dets = merge_by_distance(dets, distance_mm=merge_distance_mm)
-        links = (overlap_links(labels, dets, min_fraction=z_overlap, min_diameter_mm=z_overlap_min_mm)
-                 if z_overlap else None)
+        links = (overlap_links(labs, dets, min_fraction=z_overlap, min_diameter_mm=z_overlap_min_mm)
+                 if overlap and z_overlap else None)
         dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices, links=links)
-        n_cand = _paint_candidates(cand_map, labels, n, dets, first_id=1)
+        n_cand += _paint_candidates(cand_map, labs, n_labs, dets, first_id=n_cand + 1)
+
+    add(labels, n, overlap=True)
     if weak_on:
         wlabels, wn = weak_components(prob, fg, level=weak_threshold, spacing=sp,
                                       dilation_mm=dilation_mm, erosion_mm=erosion_mm)
-        wdets = _component_table(wlabels, wn, prob, sp)
-        if len(wdets):
-            wdets = merge_by_distance(wdets, distance_mm=merge_distance_mm)
-            wdets = merge_z(wdets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices)
-            n_cand += _paint_candidates(cand_map, wlabels, wn, wdets, first_id=n_cand + 1)
+        add(wlabels, wn, overlap=False)
     if n_cand == 0:
         return empty_candidates(EXTRA_COLUMNS)
     table = _measure(cand_map, n_cand, prob, sp, mask)

@@ -407,8 +407,10 @@ def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=No
     from lungcad.pipeline import candidate_stage, lung_stage, morphology_stage
 
     if lung_mask is None:
-        lung_mask = lung_stage(volume, config)[0].mask
-    box = lungmask.lung_box(lung_mask, spacing=volume.spacing, margin_mm=config.lungmask.margin_mm)
+        lm, box = lung_stage(volume, config)
+        lung_mask = lm.mask
+    else:
+        box = lungmask.lung_box(lung_mask, spacing=volume.spacing, margin_mm=config.lungmask.margin_mm)
     prob = candidate_stage(volume, segmenter, box, config)
     return morphology_stage(volume, prob, lung_mask, config)
 
