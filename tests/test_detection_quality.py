@@ -18,13 +18,13 @@ from lungcad.synthetic import generate_phantom
 PHANTOM_MIN_CPM = 0.80              # measured 0.857; issue 5 target: 0.8
 PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 2, 1); issue 5 target: 4
 PETCT_MAX_RANK = 2                  # the same, said as a rank
-PETCT_MIN_PATIENT_PROB = 0.7        # measured A0001 0.87/0.98, A0002 0.80/0.78; issue 5 target: 0.5
+PETCT_MIN_PATIENT_PROB = 0.8        # measured A0001 0.95/0.98, A0002 0.94/0.90; issue 5 target: 0.5
 PETCT_MIN_TUMOUR_SPAN = 0.8         # the tumour's longest candidate spans >= this share of its
                                     # annotated slices: measured 26/9, 18/11, 12/10, 13/8 slices
                                     # (linking by centroid distance alone: 4/9, 6/11, 5/10, 5/8)
 LIDC_MIN_HITS_ANY = 3
 LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 6); issue 5 target: 3
-FPR_MIN_AUC = 0.90                  # measured 0.944 (nodules vs vessel crossings, one view per patch)
+FPR_MIN_AUC = 0.90                  # measured 0.942 (nodules vs vessel crossings, one view per patch)
 
 
 @pytest.fixture(scope="module")
