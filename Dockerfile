@@ -2,6 +2,7 @@
 # Run on a folder of scans:  docker run --rm -v /data:/data lungcad detect /data/in -o /data/out
 # GPU node (NVIDIA):  docker build --build-arg EXTRAS=gpu -t lungcad:gpu .
 #                     docker run --gpus all -e KERAS_BACKEND=jax -v /data:/data lungcad:gpu detect /data/in -o /data/out
+# Ray cluster node:   docker build --build-arg EXTRAS=gpu,ray -t lungcad:ray .   (then detect ... --engine ray)
 FROM python:3.11-slim
 
 ARG EXTRAS=""

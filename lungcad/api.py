@@ -131,20 +131,98 @@ def detect(input_path, output_dir, *, pipeline=None, batch_size: int | None = No
         The run summary that is also written to ``run.json`` (counts of done, failed,
         skipped scans).
     """
+    log = log or _PrintLog()
+    batch = start_batch(input_path, output_dir, pipeline=pipeline, batch_size=batch_size,
+                        num_shards=num_shards, shard_index=shard_index, all_series=all_series,
+                        series_uids=series_uids, overwrite=overwrite, log=log)
+    pipe, out, pending = batch.pipe, batch.out, batch.pending
+    if pending:
+        pipe.load_models()
+    done, failures = 0, batch.failures
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(pending), unit="scan", desc="lungcad detect", file=sys.stdout)
+    for s in pending:
+        job = ScanJob(s)
+        try:
+            volume, prep = job.load(pipe)
+            result, crops = job.networks(pipe, volume, prep)
+            job.write(out, result, crops)
+            done += 1
+            if not bar:
+                log.info(done_line(result))
+        except (LungcadError, MemoryError) as e:
+            failures += 1
+            report_error(out, log, job.error(e), e)
+        finally:
+            volume = prep = result = crops = None
+            gc.collect()
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    return batch.finish(done=done, failures=failures, log=log)
+
+
+class Batch:
+    """A batch of scans resolved, selected, sharded and checked against what is already done;
+    the part of :func:`detect` that any engine shares (the Ray engine too)."""
+
+    def __init__(self, *, input_path, output_dir, pipe, out, pending, skipped, not_chosen, failures,
+                 num_shards, shard_index, t_start):
+        self.input_path, self.output_dir = input_path, output_dir
+        self.pipe, self.out, self.pending = pipe, out, pending
+        self.skipped, self.not_chosen, self.failures = skipped, not_chosen, failures
+        self.num_shards, self.shard_index, self.t_start = num_shards, shard_index, t_start
+
+    def finish(self, *, done: int, failures: int, log, engine: dict | None = None) -> dict[str, Any]:
+        """Write ``run.json`` and the tables (:meth:`OutputDir.finalize`) and return the summary."""
+        from lungcad.pipeline import versions
+
+        run_info = {
+            "command": " ".join(sys.argv),
+            "input": str(self.input_path),
+            "shard": {"num_shards": self.num_shards, "shard_index": self.shard_index},
+            "config": self.pipe.config.to_dict(),
+            "config_hash": self.pipe.config.hash(),
+            "versions": versions(),
+            "this_run": {"done": done, "failed": failures, "skipped": self.skipped,
+                         "seconds": round(time.time() - self.t_start, 2)},
+            "not_chosen": [{"patient_id": s.patient_id, "series_uid": s.series_uid, "path": str(s.path)}
+                           for s in self.not_chosen],
+        }
+        if engine:
+            run_info["engine"] = engine
+        summary = self.out.finalize(run_info=run_info)
+        summary = {**summary, "done": done, "failed": failures, "skipped": self.skipped}
+        log.info(f"{done} done, {failures} failed, {self.skipped} skipped; results in {self.output_dir}")
+        return summary
+
+
+def make_pipeline(pipeline=None, batch_size: int | None = None):
+    """A :class:`Pipeline` from what :func:`detect` accepts as ``pipeline``."""
     from lungcad.config import PipelineConfig, load_config
-    from lungcad.io import load_series
-    from lungcad.outputs import OutputDir, render_crops, safe_id
-    from lungcad.pipeline import Pipeline, versions
+    from lungcad.pipeline import Pipeline
+
+    if isinstance(pipeline, Pipeline):
+        return pipeline
+    cfg = pipeline if isinstance(pipeline, PipelineConfig) else load_config(pipeline)
+    if batch_size:
+        cfg = cfg.with_overrides({"candidates.batch_size": batch_size, "fpr.batch_size": batch_size})
+    return Pipeline(cfg)
+
+
+def start_batch(input_path, output_dir, *, pipeline=None, batch_size=None, num_shards=1, shard_index=0,
+                all_series=False, series_uids=(), overwrite=False, log=None) -> Batch:
+    """Everything :func:`detect` does before the first scan: the pipeline, the output folder,
+    the scans found, an error row for each bad input found on the way (shard 0 writes them),
+    and the scans of this shard that are not done yet."""
+    from lungcad.outputs import OutputDir, safe_id
 
     log = log or _PrintLog()
     t_start = time.time()
-    if isinstance(pipeline, Pipeline):
-        pipe = pipeline
-    else:
-        cfg = pipeline if isinstance(pipeline, PipelineConfig) else load_config(pipeline)
-        if batch_size:
-            cfg = cfg.with_overrides({"candidates.batch_size": batch_size, "fpr.batch_size": batch_size})
-        pipe = Pipeline(cfg)
+    pipe = make_pipeline(pipeline, batch_size)
     out = OutputDir(output_dir)
 
     discovery_errors: list = []
@@ -169,59 +247,76 @@ def detect(input_path, output_dir, *, pipeline=None, batch_size: int | None = No
     skipped = len(todo) - len(pending)
     if skipped:
         log.info(f"{skipped} scan(s) already done in {output_dir}: skipped (use --overwrite to redo)")
-    if pending:
-        pipe.load_models()
-    done = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(pending), unit="scan", desc="lungcad detect", file=sys.stdout)
-    for s in pending:
-        sid = safe_id(s.patient_id, s.series_uid)
-        stage = "io"
-        try:
-            volume = load_series(s)
-            stage = "pipeline"
-            result = pipe.run(volume, input_path=str(s.path))
-            stage = "outputs"
-            crops = render_crops(volume, result.candidates, top_n=3)
-            out.write_scan(result, crops=crops)
-            done += 1
-            if not bar:
-                log.info(f"done  {s.patient_id}  {s.series_uid}  P(cancer)={result.cancer_probability:.3f}  "
-                         f"candidates={len(result.candidates)}  {sum(result.timings.values()):.1f}s")
-        except LungcadError as e:
-            failures += 1
-            st = e.stage if isinstance(e, StageError) else stage
-            out.write_error(sid, path=str(s.path), stage=st, message=str(e),
-                            patient_id=s.patient_id, series_uid=s.series_uid)
-            log.error(f"lungcad detect: error: {e}" if isinstance(e, StageError) or str(s.path) in str(e)
-                      else f"lungcad detect: error: {s.path}: {e}", e)
-        except MemoryError as e:
-            failures += 1
-            out.write_error(sid, path=str(s.path), stage=stage, message="out of memory",
-                            patient_id=s.patient_id, series_uid=s.series_uid)
-            log.error(f"lungcad detect: error: {s.path}: out of memory in stage {stage}", e)
-        finally:
-            volume = result = None
-            gc.collect()
-            if bar:
-                bar.update(1)
-    if bar:
-        bar.close()
-    run_info = {
-        "command": " ".join(sys.argv),
-        "input": str(input_path),
-        "shard": {"num_shards": num_shards, "shard_index": shard_index},
-        "config": pipe.config.to_dict(),
-        "config_hash": pipe.config.hash(),
-        "versions": versions(),
-        "this_run": {"done": done, "failed": failures, "skipped": skipped,
-                     "seconds": round(time.time() - t_start, 2)},
-        "not_chosen": [{"patient_id": s.patient_id, "series_uid": s.series_uid, "path": str(s.path)}
-                       for s in not_chosen],
-    }
-    summary = out.finalize(run_info=run_info)
-    summary = {**summary, "done": done, "failed": failures, "skipped": skipped}
-    log.info(f"{done} done, {failures} failed, {skipped} skipped; results in {output_dir}")
-    return summary
+    return Batch(input_path=input_path, output_dir=output_dir, pipe=pipe, out=out, pending=pending,
+                 skipped=skipped, not_chosen=not_chosen, failures=failures, num_shards=num_shards,
+                 shard_index=shard_index, t_start=t_start)
+
+
+class ScanJob:
+    """One scan's work, in the steps that an engine may run in different processes:
+    :meth:`load` (reading and the lung mask: CPU only), :meth:`networks` (the rest of the
+    pipeline and the crops) and :meth:`write`.  Each step records the stage it is in, so that
+    :meth:`error` reports a failure under the stage where it happened."""
+
+    def __init__(self, series):
+        from lungcad.outputs import safe_id
+
+        self.series = series
+        self.sid = safe_id(series.patient_id, series.series_uid)
+        self.stage = "io"
+
+    def load(self, pipe):
+        """``(volume, prepared)``: the scan read, and :meth:`Pipeline.prepare` of it."""
+        from lungcad.io import load_series
+
+        self.stage = "io"
+        volume = load_series(self.series)
+        self.stage = "pipeline"
+        return volume, pipe.prepare(volume)
+
+    def networks(self, pipe, volume, prep):
+        """``(result, crops)``: :meth:`Pipeline.finish` and the PNG crops of the top candidates."""
+        from lungcad.outputs import render_crops
+
+        self.stage = "pipeline"
+        result = pipe.finish(volume, prep, input_path=str(self.series.path))
+        self.stage = "outputs"
+        return result, render_crops(volume, result.candidates, top_n=3)
+
+    def write(self, out, result, crops) -> None:
+        self.stage = "outputs"
+        out.write_scan(result, crops=crops)
+
+    def error(self, exc: BaseException, *, unexpected: bool = False) -> dict[str, str] | None:
+        """The error row of a failure of this scan (``stage``, ``message``, ...) and its one
+        log line (``line``); None for an exception that is a bug rather than a scan's fault,
+        unless ``unexpected`` (then the exception's type and text are the message)."""
+        s, path = self.series, str(self.series.path)
+        if isinstance(exc, LungcadError):
+            stage = exc.stage if isinstance(exc, StageError) else self.stage
+            message = str(exc)
+            line = (f"lungcad detect: error: {exc}" if isinstance(exc, StageError) or path in message
+                    else f"lungcad detect: error: {path}: {exc}")
+        elif isinstance(exc, MemoryError):
+            stage, message = self.stage, "out of memory"
+            line = f"lungcad detect: error: {path}: out of memory in stage {self.stage}"
+        elif unexpected:
+            stage, message = self.stage, f"{type(exc).__name__}: {exc}"
+            line = f"lungcad detect: error: {path}: {message} (in stage {self.stage})"
+        else:
+            return None
+        return {"sid": self.sid, "path": path, "stage": stage, "message": message,
+                "patient_id": s.patient_id, "series_uid": s.series_uid, "line": line}
+
+
+def report_error(out, log, row: dict[str, str], exc: BaseException | None = None) -> None:
+    """Write one scan's error row (:meth:`ScanJob.error`) and log its line."""
+    out.write_error(row["sid"], path=row["path"], stage=row["stage"], message=row["message"],
+                    patient_id=row["patient_id"], series_uid=row["series_uid"])
+    log.error(row["line"], exc)
+
+
+def done_line(result) -> str:
+    """The log line of a scan done."""
+    return (f"done  {result.patient_id}  {result.series_uid}  P(cancer)={result.cancer_probability:.3f}  "
+            f"candidates={len(result.candidates)}  {sum(result.timings.values()):.1f}s")

@@ -185,40 +185,39 @@ class Pipeline:
 
     def run(self, volume: CTVolume, *, input_path: str = "") -> ScanResult:
         """Run every stage on one scan and return its :class:`ScanResult`."""
+        return self.finish(volume, self.prepare(volume), input_path=input_path)
+
+    def prepare(self, volume: CTVolume) -> "Prepared":
+        """The stages that need no network (the lung mask), as :meth:`finish` takes them.
+
+        ``run`` is ``finish(volume, prepare(volume))``; the Ray engine runs ``prepare`` in a
+        CPU task and ``finish`` in an actor that holds the networks.
+        """
+        prep = Prepared(lung=None, box=None, timings={}, warnings=list(volume.meta.get("warnings", [])))
+        with _stage("lungmask", volume, prep.timings):
+            prep.lung, prep.box = lung_stage(volume, self.config)
+            prep.warnings.extend(prep.lung.warnings)
+        return prep
+
+    def finish(self, volume: CTVolume, prep: "Prepared", *, input_path: str = "") -> ScanResult:
+        """The network stages (candidates, morphology, FPR) and the aggregation, after :meth:`prepare`."""
         from lungcad import aggregate
 
         cfg = self.config
-        timings: dict[str, float] = {}
-        warnings: list[str] = list(volume.meta.get("warnings", []))
-        series = volume.series_uid or volume.patient_id
+        timings = dict(prep.timings)
+        lm, box = prep.lung, prep.box
 
-        @contextlib.contextmanager
-        def stage(name):
-            t0 = time.perf_counter()
-            try:
-                yield
-            except LungcadError:
-                raise
-            except Exception as e:  # re-raised with the stage and series named, chained
-                raise StageError(name, series, f"{type(e).__name__}: {e}") from e
-            finally:
-                timings[name] = round(time.perf_counter() - t0, 4)
-
-        with stage("lungmask"):
-            lm, box = lung_stage(volume, cfg)
-            warnings.extend(lm.warnings)
-
-        with stage("candidates"):
+        with _stage("candidates", volume, timings):
             prob = candidate_stage(volume, self.segmenter, box, cfg)
 
-        with stage("morphology"):
+        with _stage("morphology", volume, timings):
             table = morphology_stage(volume, prob, lm.mask, cfg)
             del prob
 
-        with stage("fpr"):
+        with _stage("fpr", volume, timings):
             table = fpr_stage(volume, table, self.classifier, cfg, views=self.fpr_views)
 
-        with stage("aggregate"):
+        with _stage("aggregate", volume, timings):
             p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak)
 
         if "patient_id" not in table:
@@ -229,10 +228,37 @@ class Pipeline:
         return ScanResult(
             series_uid=volume.series_uid, patient_id=volume.patient_id, candidates=table,
             cancer_probability=float(p), input_path=str(input_path), geometry=volume.geometry(),
-            lung_volume_ml=round(float(lm.volume_ml), 1), timings=timings, warnings=warnings,
+            lung_volume_ml=round(float(lm.volume_ml), 1), timings=timings, warnings=list(prep.warnings),
             config=cfg.to_dict(), config_hash=cfg.hash(), versions=self._versions,
             meta={**meta, "lungmask_fallback": bool(lm.fallback),
                   "lung_box_zyx": [[s.start, s.stop] for s in box]})
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What :meth:`Pipeline.prepare` hands to :meth:`Pipeline.finish`: the lung mask
+    (:class:`lungcad.lungmask.LungMask`), the lung box (slices, z y x), and the timings and
+    warnings so far."""
+
+    lung: object
+    box: tuple | None
+    timings: dict
+    warnings: list
+
+
+@contextlib.contextmanager
+def _stage(name: str, volume: CTVolume, timings: dict):
+    """Time one stage into ``timings[name]``; any failure but a LungcadError becomes a
+    :class:`StageError` naming the stage and the series, chained."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    except LungcadError:
+        raise
+    except Exception as e:
+        raise StageError(name, volume.series_uid or volume.patient_id, f"{type(e).__name__}: {e}") from e
+    finally:
+        timings[name] = round(time.perf_counter() - t0, 4)
 
 
 def _is_plain(v) -> bool:

@@ -35,6 +35,17 @@ def add_parser(sub, parents):
     p.add_argument("--series-uid", action="append", default=[],
                    help="run only this SeriesInstanceUID (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="redo scans whose results exist")
+    p.add_argument("--engine", choices=["serial", "ray"], default="serial",
+                   help="serial: one scan after another in this process (default); ray: Ray Data, "
+                        "reading and lung masks as CPU tasks, the networks in actors "
+                        "(needs pip install 'lungcad[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join ('auto', 'ray://HOST:10001'); "
+                        "default: start a local Ray on this machine")
+    p.add_argument("--ray-actors", type=int, default=1, metavar="N",
+                   help="with --engine ray: actors that hold the networks (default 1)")
+    p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, metavar="F",
+                   help="with --engine ray: GPUs each actor reserves (default 0: the networks run on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.set_defaults(func=run)
@@ -76,18 +87,40 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         print(f"lungcad detect: error: --batch-size must be >= 1. Received {args.batch_size}", file=sys.stderr)
         return 2
+    engine = getattr(args, "engine", "serial")
+    if engine == "ray":
+        if args.ray_actors < 1:
+            print(f"lungcad detect: error: --ray-actors must be >= 1. Received {args.ray_actors}", file=sys.stderr)
+            return 2
+        if args.ray_gpus_per_actor < 0:
+            print(f"lungcad detect: error: --ray-gpus-per-actor must be >= 0. Received {args.ray_gpus_per_actor}",
+                  file=sys.stderr)
+            return 2
+        from lungcad.ray_engine import RayNotInstalled, import_ray
+
+        try:
+            import_ray()
+        except RayNotInstalled as e:
+            print(f"lungcad detect: error: {e}", file=sys.stderr)
+            return 1
     _set_backend(args)
     from lungcad.cli import load_backend
 
     if not load_backend("detect", debug=args.debug):
         return 1
-    from lungcad.api import detect
+    kwargs = dict(pipeline=args.pipeline, batch_size=args.batch_size, num_shards=num_shards,
+                  shard_index=shard_index, all_series=args.all_series, series_uids=args.series_uid,
+                  overwrite=args.overwrite, log=_Log(quiet=args.quiet, debug=args.debug),
+                  progress=(not args.no_progress and not args.quiet and sys.stdout.isatty()))
+    if engine == "ray":
+        from lungcad.ray_engine import detect_ray
 
-    summary = detect(args.input, args.output, pipeline=args.pipeline, batch_size=args.batch_size,
-                     num_shards=num_shards, shard_index=shard_index, all_series=args.all_series,
-                     series_uids=args.series_uid, overwrite=args.overwrite,
-                     progress=(not args.no_progress and not args.quiet and sys.stdout.isatty()),
-                     log=_Log(quiet=args.quiet, debug=args.debug))
+        summary = detect_ray(args.input, args.output, address=args.ray_address, actors=args.ray_actors,
+                             gpus_per_actor=args.ray_gpus_per_actor, **kwargs)
+    else:
+        from lungcad.api import detect
+
+        summary = detect(args.input, args.output, **kwargs)
     return 1 if summary["failed"] else 0
 
 

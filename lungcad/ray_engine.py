@@ -1,0 +1,229 @@
+"""``lungcad detect --engine ray``: the batch of :func:`lungcad.api.detect` on Ray Data.
+
+One scan is one row (and one block) of a Ray dataset:
+
+1. a CPU task reads the scan and computes the lung mask (:meth:`ScanJob.load`);
+2. an actor that holds the networks (``map_batches`` with a callable class, ``concurrency``
+   actors, ``num_gpus`` each) runs the rest of the pipeline and renders the crops
+   (:meth:`ScanJob.networks`);
+3. the driver writes each scan's outputs as it arrives (atomically, the same files as the
+   serial engine) and finalizes the tables and ``run.json``.
+
+A scan that fails is returned as data (an error row), never raised, so that one bad scan
+does not fail the Ray job; a worker that dies (killed, out of memory) loses only its own
+scan, which then gets an error row too.  Ray is an optional extra: ``pip install 'lungcad[ray]'``.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+from typing import Any
+
+from lungcad.errors import LungcadError
+
+INSTALL_HINT = "pip install 'lungcad[ray]'"
+#: environment variables that the workers need to behave like the driver
+_ENV_PASSED = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS")
+
+
+class RayNotInstalled(LungcadError):
+    """``--engine ray`` without the ``ray`` package."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__(f"the Ray engine needs Ray, which is not installed{f' ({detail})' if detail else ''}. "
+                         f"Install it with: {INSTALL_HINT}")
+
+
+def import_ray():
+    """``ray`` and ``ray.data``, or :class:`RayNotInstalled`."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise RayNotInstalled(str(e)) from None
+    return ray
+
+
+# ------------------------------------------------------------------ the work, as Ray functions
+
+def _dump(obj) -> bytes:
+    return pickle.dumps(obj, protocol=5)
+
+
+def _error_payload(job, exc) -> bytes:
+    return _dump(("error", job.error(exc, unexpected=True)))
+
+
+def _load(row: dict[str, Any], *, pipe_blob: bytes) -> dict[str, Any]:
+    """CPU task: read one scan and compute its lung mask (:meth:`ScanJob.load`)."""
+    from lungcad.api import ScanJob
+
+    job = ScanJob(pickle.loads(row["series"]))
+    try:
+        volume, prep = job.load(pickle.loads(pipe_blob))
+        payload = _dump(("loaded", job.series, volume, prep))
+    except Exception as e:  # noqa: BLE001  a scan's failure is data, not a failed Ray job
+        payload = _error_payload(job, e)
+    return {"i": row["i"], "payload": payload}
+
+
+class _Networks:
+    """Actor holding the networks: the rest of :meth:`Pipeline.run`, and the crops."""
+
+    def __init__(self, pipe_blob: bytes):
+        self.pipe = pickle.loads(pipe_blob)
+        self.pipe.load_models()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from lungcad.api import ScanJob
+
+        out = []
+        for payload in batch["payload"]:
+            item = pickle.loads(payload)
+            if item[0] == "loaded":
+                _, series, volume, prep = item
+                job = ScanJob(series)
+                try:
+                    result, crops = job.networks(self.pipe, volume, prep)
+                    payload = _dump(("done", series, result, crops))
+                except Exception as e:  # noqa: BLE001
+                    payload = _error_payload(job, e)
+                item = volume = prep = None
+                gc.collect()
+            out.append(payload)
+        return {"i": batch["i"], "payload": out}
+
+
+# ------------------------------------------------------------------ the driver
+
+def ray_init(ray, address: str | None = None, *, num_cpus: int | None = None) -> bool:
+    """Connect to the cluster at ``address`` (``"auto"``: the one this node belongs to), or
+    start a local one.  False when Ray was already initialized (the caller keeps it)."""
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in _ENV_PASSED if k in os.environ}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                              "logging_level": logging.ERROR}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    # Ray Data's INFO lines (plan, "execution finished") would go to the driver's stderr,
+    # which a batch job keeps for its own one-line errors
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as e:
+        raise LungcadError(f"cannot connect to the Ray cluster at {address!r}: {e}") from None
+    return True
+
+
+def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None = None,
+               num_shards: int = 1, shard_index: int = 0, all_series: bool = False,
+               series_uids=(), overwrite: bool = False, progress: bool = False, log=None,
+               address: str | None = None, actors: int = 1, gpus_per_actor: float = 0.0,
+               num_cpus: int | None = None) -> dict[str, Any]:
+    """:func:`lungcad.api.detect` on Ray Data: the same outputs and summary.
+
+    Parameters (beyond those of :func:`lungcad.api.detect`)
+    ----------
+    address : str, optional
+        Ray cluster to connect to (``"auto"``, ``"ray://host:10001"``, ...); None starts a
+        local Ray (with ``num_cpus`` CPUs, default all).
+    actors : int
+        Number of actors holding the networks.
+    gpus_per_actor : float
+        GPUs each actor reserves (0: the networks run on CPU).
+    """
+    from lungcad.api import _PrintLog, start_batch
+
+    ray = import_ray()
+    if actors < 1:
+        raise LungcadError(f"--ray-actors must be >= 1. Received {actors}")
+    if gpus_per_actor < 0:
+        raise LungcadError(f"--ray-gpus-per-actor must be >= 0. Received {gpus_per_actor}")
+    log = log or _PrintLog()
+    batch = start_batch(input_path, output_dir, pipeline=pipeline, batch_size=batch_size,
+                        num_shards=num_shards, shard_index=shard_index, all_series=all_series,
+                        series_uids=series_uids, overwrite=overwrite, log=log)
+    pipe, out, pending = batch.pipe, batch.out, batch.pending
+    done, failures = 0, batch.failures
+    engine = {"name": "ray", "address": address or "local", "actors": actors, "gpus_per_actor": gpus_per_actor}
+    if pending:
+        # the pipeline as the workers get it: before any model is loaded here (models given
+        # to Pipeline(...) directly travel with it; otherwise each actor loads the weight files)
+        pipe_blob = _dump(pipe)
+        pipe.load_models()        # a missing or unfit weights file: one error, before Ray starts
+        started = ray_init(ray, address, num_cpus=num_cpus)
+        try:
+            done, failures = _run(ray, batch, pipe_blob, actors=actors, gpus_per_actor=gpus_per_actor,
+                                  progress=progress, log=log, done=done, failures=failures)
+        finally:
+            if started:
+                ray.shutdown()
+    return batch.finish(done=done, failures=failures, log=log, engine=engine)
+
+
+def _actor_pool(ray, actors: int) -> dict[str, Any]:
+    """``compute=ActorPoolStrategy(size=actors)`` (``concurrency=`` is deprecated since Ray 2.51)."""
+    try:
+        return {"compute": ray.data.ActorPoolStrategy(size=actors)}
+    except (AttributeError, TypeError):
+        return {"concurrency": actors}
+
+
+def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, progress, log, done, failures):
+    from ray.data import DataContext
+
+    from lungcad.api import ScanJob, done_line, report_error
+
+    out, pending = batch.out, batch.pending
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    # a block (= one scan) whose worker died is left out instead of failing the job; the
+    # driver gives that scan an error row below
+    ctx.max_errored_blocks = len(pending)
+    items = [{"i": i, "series": _dump(s)} for i, s in enumerate(pending)]
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+    except TypeError:  # Ray < 2.10
+        ds = ray.data.from_items(items, parallelism=len(items))
+    # reading + lung mask: CPU tasks.  max_calls=0 is Ray's default for tasks (a worker
+    # process is reused without limit); said explicitly, it also keeps Ray Data from fusing
+    # these tasks into the actors below (it fuses only operators with equal remote args).
+    ds = ds.map(_load, fn_kwargs={"pipe_blob": pipe_blob}, num_cpus=1, max_calls=0)
+    # the networks: a pool of `actors` actors, each holding the models (and its GPUs)
+    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob,), batch_size=1, num_cpus=1,
+                        num_gpus=gpus_per_actor or None, **_actor_pool(ray, actors))
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+    seen: set[int] = set()
+    for row in ds.iter_rows():
+        i = int(row["i"])
+        seen.add(i)
+        item = pickle.loads(row["payload"])
+        job = ScanJob(pending[i])
+        if item[0] == "done":
+            _, _, result, crops = item
+            try:
+                job.write(out, result, crops)
+                done += 1
+                log.info(done_line(result))
+            except (LungcadError, MemoryError) as e:
+                failures += 1
+                report_error(out, log, job.error(e), e)
+        else:
+            failures += 1
+            report_error(out, log, item[1])
+        item = result = crops = None
+    for i, s in enumerate(pending):
+        if i not in seen:
+            job = ScanJob(s)
+            job.stage = "pipeline"
+            failures += 1
+            report_error(out, log, job.error(LungcadError(
+                f"{s.path}: the Ray worker running this scan failed (killed, or out of memory); "
+                f"see the Ray logs"), unexpected=True))
+    return done, failures

@@ -1,0 +1,106 @@
+"""`lungcad detect --engine ray` (lungcad.ray_engine) on a local Ray with two CPUs."""
+import json
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray  # the "ray" extra; the "test" extra, which CI installs, pulls it in too
+
+import lungcad.api as api
+from lungcad.cli import import_keras, main
+from lungcad.io import write_itk
+from lungcad.ray_engine import detect_ray
+from lungcad.volume import CTVolume
+from test_cli_detect import small_patient
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scans")
+    for i in range(2):
+        small_patient(root, 100 + i, f"P{i}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def keras_loaded():
+    import_keras()
+
+
+def truncated_mhd(folder):
+    """A scan that discovery accepts (its header is fine) but that cannot be read: the
+    .raw pixel data is cut short, so it fails inside a Ray read task."""
+    v = CTVolume(np.zeros((10, 64, 64), np.int16), (2.5, 1.0, 1.0), (0.0, 0.0, 0.0),
+                 patient_id="BAD", series_uid="1.2.826.0.1.3680043.99.666")
+    mhd = write_itk(v, folder / "bad.mhd")
+    raw = folder / "bad.raw"
+    raw.write_bytes(raw.read_bytes()[:1000])
+    return mhd
+
+
+def test_ray_outputs_equal_the_serial_engine(tmp_path, scans, local_ray, keras_loaded):
+    serial, par = tmp_path / "serial", tmp_path / "ray"
+    s1 = api.detect(scans, serial)
+    s2 = detect_ray(scans, par, actors=1)
+    assert (s1["done"], s1["failed"]) == (s2["done"], s2["failed"]) == (2, 0)
+    c1, c2 = pd.read_csv(serial / "candidates.csv"), pd.read_csv(par / "candidates.csv")
+    assert len(c1) > 0
+    pd.testing.assert_frame_equal(c1, c2, check_exact=False, rtol=1e-5, atol=1e-6)
+    p1, p2 = pd.read_csv(serial / "patients.csv"), pd.read_csv(par / "patients.csv")
+    pd.testing.assert_frame_equal(p1, p2, check_exact=False, rtol=1e-5, atol=1e-6)
+    assert sorted(p2["patient_id"]) == ["P0", "P1"]
+    names = lambda d, pat: sorted(p.relative_to(d).as_posix() for p in d.glob(pat))  # noqa: E731
+    assert names(serial, "scans/*.json") == names(par, "scans/*.json") and len(names(par, "scans/*.json")) == 2
+    assert names(serial, "crops/**/*.png") == names(par, "crops/**/*.png") != []
+    assert pd.read_csv(par / "errors.csv").empty
+    assert (par / "report.html").is_file()
+    run = json.loads((par / "run.json").read_text())
+    assert run["engine"]["name"] == "ray" and run["counts"]["done"] == 2
+    assert not list(par.rglob("*.tmp*"))
+    # resume: a second run finds both scans done and starts no Ray work
+    s3 = detect_ray(scans, par)
+    assert (s3["done"], s3["skipped"], s3["failed"]) == (0, 2, 0)
+
+
+def test_a_bad_scan_is_one_error_row_the_rest_is_done_and_the_exit_code_says_so(tmp_path, scans, local_ray,
+                                                                               keras_loaded, capsys):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(scans / "P0", mixed / "good")
+    (mixed / "bad").mkdir(parents=True)
+    bad = truncated_mhd(mixed / "bad")
+    out = tmp_path / "out"
+    code = main(["detect", str(mixed), "-o", str(out), "--engine", "ray", "--ray-actors", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    errs = pd.read_csv(out / "errors.csv")
+    assert len(errs) == 1
+    assert errs.loc[0, "path"] == str(bad) and errs.loc[0, "stage"] == "io"
+    assert "cannot read the image data" in errs.loc[0, "message"]
+    error_lines = [ln for ln in err.splitlines() if "lungcad detect: error:" in ln]
+    assert len(error_lines) == 1 and str(bad) in error_lines[0]
+    assert list(pd.read_csv(out / "patients.csv")["patient_id"]) == ["P0"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["this_run"]["done"] == 1 and run["this_run"]["failed"] == 1
+
+
+def test_engine_ray_without_ray_installed_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)        # `import ray` now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    code = main(["detect", str(tmp_path), "-o", str(tmp_path / "out"), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "pip install 'lungcad[ray]'" in lines[0] and lines[0].startswith("lungcad detect: error:")
+    assert not (tmp_path / "out").exists()
