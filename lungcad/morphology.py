@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .result import CANDIDATE_COLUMNS, empty_candidates
+from .result import CANDIDATE_COLUMNS, empty_candidates, table_text
 from .volume import voxel_to_world
 
 __all__ = ["threshold", "structuring_element", "dilate", "erode", "components_2d", "weak_components",
@@ -591,7 +591,7 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     table["z"], table["y"], table["x"] = zyx[:, 0], zyx[:, 1], zyx[:, 2]
     xyz = np.atleast_2d(voxel_to_world(zyx, spacing=sp, origin=origin, direction=direction))
     table["coordX"], table["coordY"], table["coordZ"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    table["seriesuid"] = series_uid
+    table["seriesuid"] = table_text(series_uid)
     table["probability"] = table["seg_prob"]
     table = table.sort_values("probability", ascending=False, kind="stable")
     if max_candidates is not None:

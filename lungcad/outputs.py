@@ -44,7 +44,7 @@ import pandas as pd
 
 from lungcad import __version__
 from lungcad.errors import InputError
-from lungcad.result import ScanResult
+from lungcad.result import ScanResult, table_records, table_text
 from lungcad.volume import CTVolume
 
 #: First columns of candidates.csv: the LUNA16 submission format, then ours.
@@ -393,7 +393,7 @@ class OutputDir:
         errors = self.load_errors(scans)
         cands = candidates_table(scans)
         patients = patients_table(scans)
-        errs = pd.DataFrame(errors, columns=ERRORS_CSV_COLUMNS)
+        errs = pd.DataFrame(table_records(errors), columns=ERRORS_CSV_COLUMNS)
         atomic_write_text(self.root / "candidates.csv", _to_csv(cands))
         atomic_write_text(self.root / "patients.csv", _to_csv(patients))
         atomic_write_text(self.root / "errors.csv", _to_csv(errs))
@@ -457,9 +457,9 @@ def candidates_table(scans: list[dict[str, Any]]) -> pd.DataFrame:
     rows, extra = [], set()
     for d in scans:
         for rec in d.get("candidates") or []:
-            r = dict(rec)
-            r["seriesuid"] = d["series_uid"]
-            r["patient_id"] = d["patient_id"]
+            r = {k: table_text(v) for k, v in rec.items()}
+            r["seriesuid"] = table_text(d["series_uid"])
+            r["patient_id"] = table_text(d["patient_id"])
             extra.update(r)
             rows.append(r)
     cols = CANDIDATES_CSV_LEAD + sorted(str(c) for c in extra - set(CANDIDATES_CSV_LEAD))
@@ -505,7 +505,7 @@ def patients_table(scans: list[dict[str, Any]]) -> pd.DataFrame:
             "lung_volume_ml": _num(d.get("lung_volume_ml")),
             "input_path": str(d.get("input_path", "") or ""),
         })
-    df = pd.DataFrame(rows, columns=PATIENTS_CSV_COLUMNS)
+    df = pd.DataFrame(table_records(rows), columns=PATIENTS_CSV_COLUMNS)
     if len(df):
         df = df.sort_values(["patient_id", "seriesuid"], kind="mergesort").reset_index(drop=True)
     return df

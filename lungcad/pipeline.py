@@ -22,7 +22,7 @@ import numpy as np
 from lungcad import __version__
 from lungcad.config import PipelineConfig, load_config
 from lungcad.errors import ConfigError, InputError, LungcadError, StageError
-from lungcad.result import ScanResult
+from lungcad.result import ScanResult, table_text
 from lungcad.volume import CTVolume
 
 
@@ -221,7 +221,7 @@ class Pipeline:
             p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak)
 
         if "patient_id" not in table:
-            table.insert(1, "patient_id", volume.patient_id)
+            table.insert(1, "patient_id", table_text(volume.patient_id))
         if self._versions is None:
             self._versions = versions()
         meta = {k: v for k, v in volume.meta.items() if _is_plain(v)}

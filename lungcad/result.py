@@ -13,6 +13,22 @@ CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "z", "y", "x",
                      "diameter_mm", "probability"]
 
 
+def table_text(value):
+    """``value`` with what UTF-8 cannot hold (lone surrogates: a header or a file name decoded
+    with ``surrogateescape``) written as backslash escapes, as the CSV files write it; other
+    values as they are.  pandas refuses such text when its strings are held by pyarrow
+    (pandas 3 with pyarrow installed), so identifiers pass through this on their way into a
+    table."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def table_records(records) -> list[dict[str, Any]]:
+    """``records`` (dicts) with :func:`table_text` applied to every value."""
+    return [{k: table_text(v) for k, v in r.items()} for r in records]
+
+
 def empty_candidates(extra: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """An empty candidate table with the contract columns (and ``extra``)."""
     cols = CANDIDATE_COLUMNS + [c for c in extra if c not in CANDIDATE_COLUMNS]
@@ -68,7 +84,7 @@ class ScanResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScanResult":
         cols = d.get("candidate_columns") or CANDIDATE_COLUMNS
-        cands = pd.DataFrame(d.get("candidates", []), columns=cols)
+        cands = pd.DataFrame(table_records(d.get("candidates", [])), columns=cols)
         return cls(series_uid=d["series_uid"], patient_id=d["patient_id"], candidates=cands,
                    cancer_probability=float(d["cancer_probability"]),
                    input_path=d.get("input_path", ""), geometry=d.get("geometry", {}),

@@ -379,3 +379,12 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match=r"mask: expected the shape of prob"):
         extract_candidates(np.zeros((2, 4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0),
                            mask=np.zeros((2, 4, 5), bool))
+
+
+def test_series_uid_that_utf8_cannot_hold_is_escaped():
+    # a SeriesInstanceUID from a header decoded with surrogateescape
+    prob = np.zeros((6, 40, 40), np.float32)
+    prob[2:4, 18:23, 18:23] = 0.9
+    table = extract_candidates(prob, spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                               series_uid="1.2.\udc80")
+    assert len(table) == 1 and table["seriesuid"].tolist() == ["1.2.\\udc80"]

@@ -16,7 +16,7 @@ from lungcad.cli import main
 from lungcad.errors import InputError
 from lungcad.outputs import (CANDIDATES_CSV_LEAD, PATIENTS_CSV_COLUMNS, OutputDir, atomic_write_bytes,
                              atomic_write_text, merge_outputs, render_crops, safe_id)
-from lungcad.result import CANDIDATE_COLUMNS, ScanResult
+from lungcad.result import CANDIDATE_COLUMNS, ScanResult, table_text
 from lungcad.volume import CTVolume
 
 CSV_FILES = ("candidates.csv", "patients.csv", "errors.csv")
@@ -30,7 +30,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 def scan(pid, uid, rows, cancer, *, extra=("nodule_prob", "malignancy_prob"), path="", **kw) -> ScanResult:
     cols = CANDIDATE_COLUMNS + list(extra)
     df = pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
-    df["seriesuid"] = uid
+    df["seriesuid"] = table_text(uid)        # as the pipeline writes it
     return ScanResult(series_uid=uid, patient_id=pid, candidates=df, cancer_probability=cancer,
                       input_path=path or f"/data/{pid}/{uid}", timings={"io": 0.5, "fpr": 1.25},
                       config_hash="abc123", versions={"lungcad": "0.1.0"}, **kw)
@@ -467,3 +467,21 @@ def test_sigkill_mid_batch_then_resume_gives_identical_csvs(tmp_path):
     assert read_bytes(root) == read_bytes(whole.root)
     assert len(list((root / "scans").glob("*.json"))) == 12
     assert not list(root.rglob("*.tmp"))
+
+
+def test_odd_characters_in_error_rows_and_candidate_ids(tmp_path):
+    # a file name that was not UTF-8 (os.fsdecode gives lone surrogates) in an error row, and a
+    # SeriesInstanceUID of that kind: the tables hold them as backslash escapes
+    out = OutputDir(tmp_path)
+    bad = "/data/scan\udcff.mhd"
+    out.write_error(safe_id("P\udcff", "1.2"), path=bad, stage="io", message=f"{bad}: cannot read",
+                    patient_id="P\udcff", series_uid="1.2")
+    r = scan("Q", "1.3\udc80", [("", 1.0, 2.0, 3.0, 1, 2, 3, 6.0, 0.9, 0.9, 0.5)], 0.5)
+    sid = out.write_scan(r)
+    assert out.read_scan(sid).series_uid == "1.3\udc80"
+    out.finalize(run_info={})
+    errs = pd.read_csv(tmp_path / "errors.csv", encoding="utf-8")
+    assert errs["path"].tolist() == ["/data/scan\\udcff.mhd"]
+    assert errs["patient_id"].tolist() == ["P\\udcff"]
+    cands = pd.read_csv(tmp_path / "candidates.csv", encoding="utf-8")
+    assert cands["seriesuid"].tolist() == ["1.3\\udc80"]
