@@ -25,7 +25,7 @@ from lungcad.errors import LungcadError
 
 INSTALL_HINT = "pip install 'lungcad[ray]'"
 #: environment variables that the workers need to behave like the driver
-_ENV_PASSED = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS")
+_ENV_PASSED = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS", "RAY_BACKEND_LOG_LEVEL")
 
 
 class RayNotInstalled(LungcadError):
@@ -103,6 +103,10 @@ def ray_init(ray, address: str | None = None, *, num_cpus: int | None = None) ->
     start a local one.  False when Ray was already initialized (the caller keeps it)."""
     if ray.is_initialized():
         return False
+    # Ray's C++ core logs at ERROR level things that are not errors of this run (an actor's
+    # constructor arguments in the object store); a scan that a worker lost still gets its
+    # error row.  Set RAY_BACKEND_LOG_LEVEL yourself to see them.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     env = {k: os.environ[k] for k in _ENV_PASSED if k in os.environ}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
                               "logging_level": logging.ERROR}
