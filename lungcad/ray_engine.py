@@ -3,7 +3,7 @@
 One scan is one row (and one block) of a Ray dataset:
 
 1. a CPU task reads the scan and computes the lung mask (:meth:`ScanJob.load`);
-2. an actor that holds the networks (``map_batches`` with a callable class, ``concurrency``
+2. an actor that holds the networks (``map_batches`` with a callable class, a pool of
    actors, ``num_gpus`` each) runs the rest of the pipeline and renders the crops
    (:meth:`ScanJob.networks`);
 3. the driver writes each scan's outputs as it arrives (atomically, the same files as the
@@ -170,14 +170,6 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
     return batch.finish(done=done, failures=failures, log=log, engine=engine)
 
 
-def _actor_pool(ray, actors: int) -> dict[str, Any]:
-    """``compute=ActorPoolStrategy(size=actors)`` (``concurrency=`` is deprecated since Ray 2.51)."""
-    try:
-        return {"compute": ray.data.ActorPoolStrategy(size=actors)}
-    except (AttributeError, TypeError):
-        return {"concurrency": actors}
-
-
 def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, progress, log, done, failures):
     from ray.data import DataContext
 
@@ -200,7 +192,8 @@ def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, progress, log, done, 
     ds = ds.map(_load, fn_kwargs={"pipe_blob": pipe_blob}, num_cpus=1, max_calls=0)
     # the networks: a pool of `actors` actors, each holding the models (and its GPUs)
     ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob,), batch_size=1, num_cpus=1,
-                        num_gpus=gpus_per_actor or None, **_actor_pool(ray, actors))
+                        num_gpus=gpus_per_actor or None,
+                        compute=ray.data.ActorPoolStrategy(size=actors))
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
     seen: set[int] = set()
