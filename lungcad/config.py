@@ -51,6 +51,8 @@ class MorphologyConfig:
     z_overlap: float = 0.5           # neighbouring-slice detections sharing this much of the smaller link too,
     z_overlap_min_mm: float = 10.0   # ... when both are at least this wide (masses on thick slices)
     weak_threshold: float = 0.3      # faint blobs clear of the threshold foreground are candidates too (0 = off)
+    split_threshold: float = 0.0     # large components split at this higher level give candidates too (0 = off)
+    split_min_mm: float = 15.0       # ... components at least this wide (a disc of their area) in a slice
     min_diameter_mm: float = 2.0
     max_candidates: int = 1000
 
@@ -62,6 +64,13 @@ class MorphologyConfig:
             # at or above `threshold` nothing lies between the two levels: no weak candidates
             raise ConfigError(f"[morphology] weak_threshold: expected a level from 0 (off) to 1, below "
                               f"threshold to take effect. Received {self.weak_threshold!r}")
+        if not (isinstance(self.split_threshold, (int, float)) and 0.0 <= self.split_threshold <= 1.0):
+            # at or below `threshold` the level splits nothing: no split candidates
+            raise ConfigError(f"[morphology] split_threshold: expected a level from 0 (off) to 1, above "
+                              f"threshold to take effect. Received {self.split_threshold!r}")
+        if not (isinstance(self.split_min_mm, (int, float)) and self.split_min_mm >= 0.0):
+            raise ConfigError(f"[morphology] split_min_mm: expected a width >= 0 in mm. "
+                              f"Received {self.split_min_mm!r}")
         if not (isinstance(self.z_overlap_min_mm, (int, float)) and self.z_overlap_min_mm >= 0.0):
             raise ConfigError(f"[morphology] z_overlap_min_mm: expected a width >= 0 in mm. "
                               f"Received {self.z_overlap_min_mm!r}")
@@ -78,12 +87,16 @@ class FPRConfig:
     batch_size: int = 32
     tta: int = 8                     # test-time views averaged: 1 (none), 2, 4 or 8 (z turns x z mirror)
     tta_top: int = 200               # ... for this many candidates, the top ones of a plain pass (0 = all)
+    suppress_within: float = 0.0     # drop a candidate closer than this x the diameter of a larger, higher one (0 = off)
 
     def __post_init__(self):
         from lungcad.fpr import TTA_CHOICES
 
         if self.tta not in TTA_CHOICES:
             raise ConfigError(f"[fpr] tta: expected one of {TTA_CHOICES} test-time views. Received {self.tta!r}")
+        if not (isinstance(self.suppress_within, (int, float)) and 0.0 <= self.suppress_within <= 1.0):
+            raise ConfigError(f"[fpr] suppress_within: expected a fraction of the diameter from 0 (off) to 1. "
+                              f"Received {self.suppress_within!r}")
         if not (isinstance(self.tta_top, int) and not isinstance(self.tta_top, bool) and self.tta_top >= 0):
             raise ConfigError(f"[fpr] tta_top: expected a number of candidates >= 0 (0 = all). "
                               f"Received {self.tta_top!r}")

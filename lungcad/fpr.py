@@ -263,6 +263,37 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     return out.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
+def suppress_inside(candidates: pd.DataFrame, *, within: float = 0.5) -> pd.DataFrame:
+    """Drop the candidates that lie inside a larger one that scores higher (non-maximum
+    suppression by containment).
+
+    Going down the table by ``probability``, a candidate is dropped when its centre lies
+    closer than ``within`` times the ``diameter_mm`` of a kept candidate that is larger and
+    scores at least as high: it is a part of that finding (one lobe of a mass, or the high
+    core of a component that also joins the hilum) and would otherwise take a rank of its
+    own.  A smaller candidate that scores higher stays, and so does the larger one.  Distances
+    are in world mm (``coordX, coordY, coordZ``).  ``within = 0`` drops nothing.
+
+    Returns the kept rows, sorted by descending ``probability``, with a fresh index.
+    """
+    if not (np.isfinite(within) and within >= 0):
+        raise ValueError(f"within: expected a fraction of the diameter >= 0. Received within={within!r}")
+    out = candidates.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+    if len(out) < 2 or within == 0:
+        return out
+    xyz = out[["coordX", "coordY", "coordZ"]].to_numpy(float)
+    d = out["diameter_mm"].to_numpy(float)
+    # covers[i, j]: i (earlier, so at least as probable) is larger than j and holds j's centre
+    dist = np.sqrt(((xyz[:, None, :] - xyz[None, :, :]) ** 2).sum(-1))
+    covers = (d[:, None] > d[None, :]) & (dist < within * d[:, None])
+    covers &= np.triu(np.ones(covers.shape, dtype=bool), k=1)
+    keep = np.ones(len(out), dtype=bool)
+    for j in np.flatnonzero(covers.any(axis=0)):       # few rows have a possible cover
+        if (covers[:j, j] & keep[:j]).any():
+            keep[j] = False
+    return out[keep].reset_index(drop=True)
+
+
 def _predict(model, inputs, *, batch_size: int):
     """A Keras model sees full batches only (the last one padded with zeros), so that its
     compiled predict step is traced once per scan size rather than once per batch size."""

@@ -16,7 +16,11 @@ The candidate U-Net works slice by slice, so this stage does too:
    their slice or at the same place in the slices just above and below.  A 4 mm nodule on 5 mm slices fills a slice to less
    than half, and the U-Net answers 0.2-0.4 there; these blobs go through steps 4-5 on
    their own (they never join a candidate of the first threshold) and come after them;
-7. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
+7. with ``split_threshold``, :func:`split_components` labels the large components of the first
+   threshold again at that higher level: a nodule that the map joins to the hilum stands apart
+   there, and the parts go through steps 4-5 among themselves and become candidates next to
+   the whole component's (measured on their own, so that they may share its voxels);
+8. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
 
 Every distance is in millimetres; voxel indices stay inside the functions or travel in
 tables next to the spacing that gives them meaning.
@@ -51,7 +55,7 @@ from .result import CANDIDATE_COLUMNS, empty_candidates, table_text
 from .volume import voxel_to_world
 
 __all__ = ["threshold", "structuring_element", "dilate", "erode", "components_2d", "weak_components",
-           "merge_by_distance", "merge_z", "overlap_links", "extract_candidates", "EXTRA_COLUMNS",
+           "split_components", "merge_by_distance", "merge_z", "overlap_links", "extract_candidates", "EXTRA_COLUMNS",
            "DETECTION_COLUMNS"]
 
 #: Columns that :func:`extract_candidates` adds to :data:`lungcad.result.CANDIDATE_COLUMNS`.
@@ -282,6 +286,57 @@ def weak_components(prob, strong, *, level: float, spacing, dilation_mm: float =
     return out, int((~drop).sum())
 
 
+def split_components(prob, labels, n: int, *, level: float, min_diameter_mm: float,
+                     spacing) -> tuple[np.ndarray, int]:
+    """The parts at a higher ``level`` of the large per-slice components of ``labels``.
+
+    A nodule that touches the hilum or a vessel trunk comes out of the first threshold as one
+    component with them, and the candidate's centre lies between the two.  Inside a component at
+    least ``min_diameter_mm`` across (the diameter of a disc of its area), the pixels with
+    ``prob >= level`` are labelled again (8-connected, per slice).  Those parts are kept when the
+    level splits the component (two parts or more) or leaves less than half of its area (one
+    part, off its centre); a component that stays whole at the higher level gives nothing.
+
+    Returns ``(labels, n)``: the kept parts numbered 1..n in C order, 0 elsewhere.
+    """
+    prob = _check_volume("prob", prob)
+    labels = _check_volume("labels", labels)
+    if labels.shape != prob.shape:
+        raise ValueError(f"labels: expected the shape of prob {prob.shape}. Received {labels.shape}")
+    if not 0.0 < float(level) <= 1.0:
+        raise ValueError(f"level: expected a level in (0, 1]. Received {level!r}")
+    sp = _check_spacing(spacing)
+    min_area = np.pi * (_check_distance("min_diameter_mm", min_diameter_mm) / 2.0) ** 2
+    empty = np.zeros(labels.shape, dtype=np.int32)
+    if n == 0:
+        return empty, 0
+    area = np.bincount(labels.reshape(-1), minlength=n + 1).astype(float) * sp[1] * sp[2]
+    big = area >= min_area
+    big[0] = False
+    if not big.any():
+        return empty, 0
+    at = np.flatnonzero(big[labels.reshape(-1)])       # the pixels of large components
+    inside = np.zeros(labels.shape, dtype=bool)
+    inside.reshape(-1)[at] = prob.reshape(-1)[at] >= level
+    parts, m = _label_slices(inside)
+    if m == 0:
+        return empty, 0
+    at = np.flatnonzero(parts)
+    part, parent = parts.reshape(-1)[at], labels.reshape(-1)[at]
+    owner = np.zeros(m + 1, dtype=np.int64)
+    owner[part] = parent                               # a part lies in one component
+    n_parts = np.bincount(owner[1:], minlength=n + 1)
+    covered = np.bincount(parent, minlength=n + 1).astype(float) * sp[1] * sp[2]
+    keep_comp = (n_parts >= 2) | (covered < 0.5 * area)
+    keep = keep_comp[owner]
+    keep[0] = False
+    remap = np.zeros(m + 1, dtype=np.int32)
+    remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    out = empty
+    out.reshape(-1)[at] = remap[part]
+    return out, int(keep.sum())
+
+
 class _UnionFind:
     def __init__(self, n: int):
         self.parent = np.arange(n)
@@ -487,7 +542,8 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
                        z_merge_mm: float = 5.0, max_gap_slices: int = 1,
                        min_diameter_mm: float = 3.0, max_candidates: int | None = None,
                        mask=None, z_overlap: float = 0.5, z_overlap_min_mm: float = 10.0,
-                       weak_threshold: float = 0.0) -> pd.DataFrame:
+                       weak_threshold: float = 0.0, split_threshold: float = 0.0,
+                       split_min_mm: float = 15.0) -> pd.DataFrame:
     """Turn a probability map into the candidate table.
 
     Parameters
@@ -527,6 +583,13 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         ``threshold`` foreground (:func:`weak_components`) become candidates of their own,
         merged and linked among themselves.  Their ``seg_prob`` is below ``threshold``, so they
         come after the others and are the first to go under ``max_candidates``.
+    split_threshold : float, optional
+        A higher level (0 = off; it must lie above ``threshold``): the per-slice components of
+        the first threshold at least ``split_min_mm`` across are labelled again at this level
+        (:func:`split_components`), and their parts, merged and linked among themselves, are
+        candidates too, next to the whole component's.  A nodule joined to the hilum gets a
+        candidate of its own.
+    split_min_mm : float, optional
 
     Returns
     -------
@@ -540,6 +603,9 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     sp = _check_spacing(spacing)
     if not 0.0 <= weak_threshold <= 1.0:
         raise ValueError(f"weak_threshold: expected a level from 0 (off) to 1. Received {weak_threshold!r}")
+    if not 0.0 <= split_threshold <= 1.0:
+        raise ValueError(f"split_threshold: expected a level from 0 (off) to 1. Received {split_threshold!r}")
+    _check_distance("split_min_mm", split_min_mm)
     if mask is not None:
         mask = _check_volume("mask", mask).astype(bool)
         if mask.shape != prob.shape:
@@ -564,26 +630,35 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     cand_map = np.zeros(labels.shape, dtype=np.int32)
     n_cand = 0
 
-    def add(labs: np.ndarray, n_labs: int, *, overlap: bool) -> None:
-        """Steps 3-5 on one labelling: its candidates get the next ids in ``cand_map``."""
-        nonlocal n_cand
+    def add(into: np.ndarray, first: int, labs: np.ndarray, n_labs: int, *, overlap: bool) -> int:
+        """Steps 3-5 on one labelling: its candidates get the ids ``first + 1, ...`` in
+        ``into``; returns how many there are."""
         dets = _component_table(labs, n_labs, prob, sp)
         if len(dets) == 0:
-            return
+            return 0
         dets = merge_by_distance(dets, distance_mm=merge_distance_mm)
         links = (overlap_links(labs, dets, min_fraction=z_overlap, min_diameter_mm=z_overlap_min_mm)
                  if overlap and z_overlap else None)
         dets = merge_z(dets, radius_mm=z_merge_mm, max_gap_slices=max_gap_slices, links=links)
-        n_cand += _paint_candidates(cand_map, labs, n_labs, dets, first_id=n_cand + 1)
+        return _paint_candidates(into, labs, n_labs, dets, first_id=first + 1)
 
-    add(labels, n, overlap=True)
+    n_cand += add(cand_map, n_cand, labels, n, overlap=True)
     if weak_on:
         wlabels, wn = weak_components(prob, fg, level=weak_threshold, spacing=sp,
                                       dilation_mm=dilation_mm, erosion_mm=erosion_mm)
-        add(wlabels, wn, overlap=False)
-    if n_cand == 0:
+        n_cand += add(cand_map, n_cand, wlabels, wn, overlap=False)
+    tables = [_measure(cand_map, n_cand, prob, sp, mask)] if n_cand else []
+    if split_threshold > threshold:
+        # the parts overlap their whole component's voxels: they are measured in a map of their own
+        slabels, sn = split_components(prob, labels, n, level=split_threshold,
+                                       min_diameter_mm=split_min_mm, spacing=sp)
+        split_map = np.zeros(labels.shape, dtype=np.int32)
+        n_split = add(split_map, 0, slabels, sn, overlap=True)
+        if n_split:
+            tables.append(_measure(split_map, n_split, prob, sp, mask))
+    if not tables:
         return empty_candidates(EXTRA_COLUMNS)
-    table = _measure(cand_map, n_cand, prob, sp, mask)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
     table = table[table["diameter_mm"] >= min_diameter_mm].copy()
     if len(table) == 0:
         return empty_candidates(EXTRA_COLUMNS)

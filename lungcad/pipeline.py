@@ -122,13 +122,15 @@ def morphology_stage(volume: CTVolume, prob: np.ndarray, lung_mask, config: Pipe
 
 
 def fpr_stage(volume: CTVolume, table, classifier, config: PipelineConfig, *, views: str | None = None):
-    """``table`` with the FPR network's nodule and malignancy probabilities, with ``[fpr]``."""
+    """``table`` with the FPR network's nodule and malignancy probabilities, with ``[fpr]``;
+    with ``suppress_within``, less the candidates inside larger, higher-scored ones."""
     from lungcad import fpr
 
     f = config.fpr
-    return fpr.classify_candidates(volume, table, model=classifier, patch_size=f.patch_size,
-                                   patch_mm=f.patch_mm, fit_fraction=f.fit_fraction, window_hu=f.window_hu,
-                                   batch_size=f.batch_size, views=views, tta=f.tta, tta_top=f.tta_top or None)
+    table = fpr.classify_candidates(volume, table, model=classifier, patch_size=f.patch_size,
+                                    patch_mm=f.patch_mm, fit_fraction=f.fit_fraction, window_hu=f.window_hu,
+                                    batch_size=f.batch_size, views=views, tta=f.tta, tta_top=f.tta_top or None)
+    return fpr.suppress_inside(table, within=f.suppress_within) if f.suppress_within else table
 
 
 class Pipeline:

@@ -52,6 +52,9 @@ def test_weights_resolution(tmp_path):
     ("[morphology]\nz_overlap_min_mm = -1.0\n", r"z_overlap_min_mm: expected a width >= 0 in mm"),
     ("[morphology]\nweak_threshold = 1.5\n", r"weak_threshold: expected a level from 0 \(off\) to 1"),
     ("[morphology]\nweak_threshold = -0.1\n", r"weak_threshold: expected a level from 0 \(off\) to 1"),
+    ("[morphology]\nsplit_threshold = 2\n", r"split_threshold: expected a level from 0 \(off\) to 1"),
+    ("[morphology]\nsplit_min_mm = -3.0\n", r"split_min_mm: expected a width >= 0 in mm"),
+    ("[fpr]\nsuppress_within = 1.5\n", r"suppress_within: expected a fraction of the diameter from 0 \(off\) to 1"),
     ("[fpr]\ntta_top = -5\n", r"tta_top: expected a number of candidates >= 0"),
     ("[fpr]\ntta_top = 2.5\n", r"\[fpr\] tta_top: expected an integer"),
 ])

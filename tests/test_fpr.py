@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcad.fpr import classify_candidates, extract_patches, patch_spacing
+from lungcad.fpr import classify_candidates, extract_patches, patch_spacing, suppress_inside
 from lungcad.volume import CTVolume
 
 
@@ -191,3 +191,27 @@ def test_tta_top_gives_the_test_time_views_to_the_top_of_a_plain_pass():
     assert scores(tta_top=0) == {"a": 1.0, "b": 1.0, "c": 0.0}      # nobody: the plain pass
     with pytest.raises(ValueError, match="tta_top"):
         scores(tta_top=-1)
+
+
+def test_suppress_inside_drops_the_parts_of_a_larger_higher_scored_finding():
+    """Down the table by probability, a candidate whose centre lies within half the diameter of
+    a kept, larger candidate that scores higher goes; a smaller one scoring higher stays, one
+    just outside stays, and a dropped candidate drops nothing itself (greedy, like NMS)."""
+    t = pd.DataFrame({
+        "coordX": [0.0, 8.0, -8.0, 0.0, 15.0, 27.0, 0.0],
+        "coordY": [0.0, 0.0, 0.0, 21.0, 0.0, 0.0, -100.0],
+        "coordZ": [0.0] * 7,
+        "diameter_mm": [40.0, 10.0, 5.0, 6.0, 30.0, 5.0, 4.0],
+        "probability": [0.9, 0.6, 0.95, 0.5, 0.8, 0.7, 0.3],
+        "name": ["mass", "lobe", "small-higher", "outside", "big-lobe", "near-big-lobe", "far"],
+    })
+    kept = suppress_inside(t, within=0.5)
+    assert list(kept["name"]) == ["small-higher", "mass", "near-big-lobe", "outside", "far"]
+    assert list(kept.index) == list(range(5))
+    assert kept["probability"].is_monotonic_decreasing
+    # a wider reach takes in the candidate 21 mm off the 40 mm mass (and the one 27 mm off)
+    assert list(suppress_inside(t, within=0.7)["name"]) == ["small-higher", "mass", "far"]
+    assert len(suppress_inside(t, within=0.0)) == len(t)
+    assert len(suppress_inside(t.iloc[:0], within=0.5)) == 0
+    with pytest.raises(ValueError, match="within: expected a fraction of the diameter >= 0"):
+        suppress_inside(t, within=-1.0)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from lungcad.morphology import (EXTRA_COLUMNS, components_2d, dilate, erode, extract_candidates,
                                 merge_by_distance, merge_z, overlap_links, structuring_element,
-                                threshold, weak_components)
+                                split_components, threshold, weak_components)
 from lungcad.result import CANDIDATE_COLUMNS
 from lungcad.volume import voxel_to_world, world_to_voxel
 
@@ -345,6 +346,70 @@ def test_weak_threshold_adds_faint_nodules_after_the_others():
         pd.testing.assert_frame_equal(same, off)
     with pytest.raises(ValueError, match="weak_threshold: expected a level from 0 \\(off\\) to 1"):
         extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, weak_threshold=-0.2)
+
+
+def nodule_on_hilum(sp, shape=(16, 140, 160)):
+    """A 20 mm nodule (0.97 inside) joined to a larger hilar structure that the map shows at 0.6:
+    at threshold 0.4 they are one component in every slice they share."""
+    prob = np.zeros(shape, np.float32)
+    nodule = draw_ellipsoid(np.zeros(shape, np.float32), sp, (40.0, 50.0, 40.0), 10.0)
+    hilum = draw_ellipsoid(np.zeros(shape, np.float32), sp, (40.0, 50.0, 72.0), (18.0, 14.0, 22.0))
+    return np.maximum(0.97 * nodule, 0.6 * hilum)
+
+
+def test_split_components_keep_the_parts_that_split_or_shrink_a_large_component():
+    """Inside large components only: parts at the higher level are kept when there are two or
+    more, or when one covers less than half of its component; a component that stays whole,
+    and a small one, give nothing."""
+    sp = (5.0, 0.8, 0.8)
+    shape = (3, 120, 160)
+    prob = np.zeros(shape, np.float32)
+    prob[0][disc(shape[1:], sp, (40.0, 40.0), 30.0)] = 0.6            # large, one small core
+    prob[0][disc(shape[1:], sp, (40.0, 34.0), 10.0)] = 0.95
+    prob[1][disc(shape[1:], sp, (40.0, 40.0), 24.0)] = 0.95           # large, whole at 0.9
+    prob[2][disc(shape[1:], sp, (40.0, 40.0), 30.0)] = 0.6            # large, two cores
+    prob[2][disc(shape[1:], sp, (40.0, 30.0), 8.0)] = 0.95
+    prob[2][disc(shape[1:], sp, (40.0, 50.0), 8.0)] = 0.95
+    prob[2][disc(shape[1:], sp, (40.0, 100.0), 10.0)] = 0.6           # small: never split
+    prob[2][disc(shape[1:], sp, (40.0, 100.0), 4.0)] = 0.95
+    labels, n = ndimage.label(prob >= 0.4, structure=np.pad(np.ones((1, 3, 3), bool), ((1, 1), (0, 0), (0, 0))))
+    parts, m = split_components(prob, labels, n, level=0.9, min_diameter_mm=15.0, spacing=sp)
+    assert m == 3 and parts.max() == 3
+    assert {int(k) for k in np.nonzero(parts)[0]} == {0, 2}
+    assert parts[0][disc(shape[1:], sp, (40.0, 34.0), 9.0)].min() > 0
+    assert parts[2][:, int(80 / sp[2]):].max() == 0                    # the small component: nothing
+    assert len(np.unique(parts[2][parts[2] > 0])) == 2
+    none, zero = split_components(prob, labels, n, level=0.9, min_diameter_mm=40.0, spacing=sp)
+    assert zero == 0 and none.max() == 0
+    with pytest.raises(ValueError, match=r"level: expected a level in \(0, 1\]"):
+        split_components(prob, labels, n, level=0.0, min_diameter_mm=15.0, spacing=sp)
+
+
+def test_split_threshold_gives_a_nodule_joined_to_the_hilum_its_own_candidate():
+    """The joined component's centre lies far outside the nodule; with split_threshold = 0.9 the
+    nodule also gets a candidate of its own, at its centre and about its size, next to the whole
+    component's.  A level at or below threshold changes nothing."""
+    sp = (5.0, 0.8, 0.8)
+    prob = nodule_on_hilum(sp)
+    centre = np.array([40.0, 50.0, 40.0])
+    off = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4)
+    assert len(off) == 1
+    dist = lambda t: np.linalg.norm(t[["z", "y", "x"]].to_numpy(float) * sp - centre, axis=1)
+    assert dist(off)[0] > 10.0                                           # outside the nodule
+    on = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=0.9)
+    assert len(on) == 2
+    near = dist(on)
+    assert near.min() < 1.5
+    own = on.iloc[int(np.argmin(near))]
+    assert 14.0 < own["diameter_mm"] < 22.0 and own["seg_prob"] == pytest.approx(0.97, abs=0.01)
+    whole = on.iloc[int(np.argmax(near))]
+    np.testing.assert_allclose(whole[["z", "y", "x", "diameter_mm"]].to_numpy(float),
+                               off.loc[0, ["z", "y", "x", "diameter_mm"]].to_numpy(float))
+    for level in (0.3, 0.4):
+        pd.testing.assert_frame_equal(
+            extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=level), off)
+    with pytest.raises(ValueError, match=r"split_threshold: expected a level from 0 \(off\) to 1"):
+        extract_candidates(prob, spacing=sp, origin=(0, 0, 0), split_threshold=1.5)
 
 
 def test_empty_surroundings_change_nothing_but_the_indices():
