@@ -51,7 +51,7 @@ class MorphologyConfig:
     z_overlap: float = 0.5           # neighbouring-slice detections sharing this much of the smaller link too,
     z_overlap_min_mm: float = 10.0   # ... when both are at least this wide (masses on thick slices)
     weak_threshold: float = 0.3      # faint blobs clear of the threshold foreground are candidates too (0 = off)
-    split_threshold: float = 0.0     # large components split at this higher level give candidates too (0 = off)
+    split_threshold: float = 0.9     # large components split at this higher level give candidates too (0 = off)
     split_min_mm: float = 15.0       # ... components at least this wide (a disc of their area) in a slice
     min_diameter_mm: float = 2.0
     max_candidates: int = 1000
@@ -87,7 +87,7 @@ class FPRConfig:
     batch_size: int = 32
     tta: int = 8                     # test-time views averaged: 1 (none), 2, 4 or 8 (z turns x z mirror)
     tta_top: int = 200               # ... for this many candidates, the top ones of a plain pass (0 = all)
-    suppress_within: float = 0.0     # drop a candidate closer than this x the diameter of a larger, higher one (0 = off)
+    suppress_within: float = 0.5     # drop a candidate closer than this x the diameter of a larger, higher one (0 = off)
 
     def __post_init__(self):
         from lungcad.fpr import TTA_CHOICES

@@ -16,15 +16,15 @@ from lungcad.synthetic import generate_phantom
 
 # Guarded levels (see README "Results"): measured with the shipped weights, minus a margin.
 PHANTOM_MIN_CPM = 0.80              # measured 0.857; issue 5 target: 0.8
-PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 2, 1); issue 5 target: 4
+PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 1, 1); issue 5 target: 4
 PETCT_MAX_RANK = 2                  # the same, said as a rank
-PETCT_MIN_PATIENT_PROB = 0.8        # measured A0001 0.95/0.98, A0002 0.94/0.90; issue 5 target: 0.5
+PETCT_MIN_PATIENT_PROB = 0.8        # measured A0001 0.97/0.99, A0002 0.99/0.96; issue 5 target: 0.5
 PETCT_MIN_TUMOUR_SPAN = 0.8         # the tumour's longest candidate spans >= this share of its
                                     # annotated slices: measured 26/9, 18/11, 12/10, 13/8 slices
                                     # (linking by centroid distance alone: 4/9, 6/11, 5/10, 5/8)
 LIDC_MIN_HITS_ANY = 3
-LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 6); issue 5 target: 3
-FPR_MIN_AUC = 0.90                  # measured 0.942 (nodules vs vessel crossings, one view per patch)
+LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 4); issue 5 target: 3
+FPR_MIN_AUC = 0.90                  # measured 0.929 (nodules vs vessel crossings, one view per patch)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_lidc_0003_reference_lesions_are_found(pipeline, lidc_dir):
     """Each lesion marked by all four readers is hit (within its radius) by a candidate.
 
     Issue 5 asks for each within the top 10: with the shipped weights they are at ranks
-    0, 1 and 2 (README "Results").
+    0, 1 and 4 (README "Results").
     """
     cons = pd.read_csv(lidc_dir / "annotations_consensus.csv")
     cons = cons[cons["n_readers"] >= 4]
