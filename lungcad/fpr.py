@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.spatial.distance import cdist
 
 from lungcad.candidates import window
 from lungcad.volume import world_to_voxel
@@ -284,7 +285,7 @@ def suppress_inside(candidates: pd.DataFrame, *, within: float = 0.5) -> pd.Data
     xyz = out[["coordX", "coordY", "coordZ"]].to_numpy(float)
     d = out["diameter_mm"].to_numpy(float)
     # covers[i, j]: i (earlier, so at least as probable) is larger than j and holds j's centre
-    dist = np.sqrt(((xyz[:, None, :] - xyz[None, :, :]) ** 2).sum(-1))
+    dist = cdist(xyz, xyz)
     covers = (d[:, None] > d[None, :]) & (dist < within * d[:, None])
     covers &= np.triu(np.ones(covers.shape, dtype=bool), k=1)
     keep = np.ones(len(out), dtype=bool)

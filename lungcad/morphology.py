@@ -652,10 +652,11 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         # the parts overlap their whole component's voxels: they are measured in a map of their own
         slabels, sn = split_components(prob, labels, n, level=split_threshold,
                                        min_diameter_mm=split_min_mm, spacing=sp)
-        split_map = np.zeros(labels.shape, dtype=np.int32)
-        n_split = add(split_map, 0, slabels, sn, overlap=True)
-        if n_split:
-            tables.append(_measure(split_map, n_split, prob, sp, mask))
+        if sn:
+            split_map = np.zeros(labels.shape, dtype=np.int32)
+            n_split = add(split_map, 0, slabels, sn, overlap=True)
+            if n_split:
+                tables.append(_measure(split_map, n_split, prob, sp, mask))
     if not tables:
         return empty_candidates(EXTRA_COLUMNS)
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
