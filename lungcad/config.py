@@ -106,6 +106,16 @@ class FPRConfig:
 class AggregateConfig:
     top_k: int = 5
     p_leak: float = 0.02
+    # (scale, shift) of the noisy-OR's logit, fitted by `lungcad calibrate` on 40 phantoms (seed 779000)
+    calibration: tuple[float, float] = (0.8630, -2.1638)
+
+    def __post_init__(self):
+        from lungcad.aggregate import check_calibration
+
+        try:
+            check_calibration(self.calibration)
+        except ValueError as e:
+            raise ConfigError(f"[aggregate] {e}") from None
 
 
 @dataclass

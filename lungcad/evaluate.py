@@ -590,39 +590,27 @@ def log_loss(y, p, *, eps: float = 1e-15) -> float:
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
 
 
-def patient_metrics(labels: pd.DataFrame, predictions: pd.DataFrame, *, id_col: str | None = None,
-                    label_col: str | None = None, prob_col: str | None = None,
-                    n_bins: int = 10) -> dict[str, Any]:
-    """Patient-level log-loss, ROC AUC and calibration of cancer probabilities.
-
-    Parameters
-    ----------
-    labels : DataFrame
-        ``id,cancer`` (DSB2017 ``stage1_labels.csv``) or ``patient_id,cancer``.
-    predictions : DataFrame
-        lungcad ``patients.csv`` (``patient_id, seriesuid, cancer_probability``) or a DSB2017
-        submission (``id,cancer``).  A patient with several rows (several series) gets the
-        highest probability.
-    id_col, label_col, prob_col : str, optional
-        Column names, when they are not among the detected ones.  ``id_col`` applies to
-        both tables.
-    n_bins : int
-        Equal-width calibration bins over [0, 1].
+def join_patients(labels: pd.DataFrame, predictions: pd.DataFrame, *, id_col: str | None = None,
+                  label_col: str | None = None, prob_col: str | None = None):
+    """Pair each labelled patient with its prediction (the highest of its series).
 
     Returns
     -------
-    dict
-        ``n`` (patients scored), ``n_positive``, ``log_loss``, ``auc`` (None with one class),
-        ``brier``, ``calibration`` (a list of bins: ``lo, hi, n, mean_predicted,
-        fraction_positive``), ``missing_predictions`` (labelled patients with no prediction)
-        and ``unlabelled_predictions``, and the columns used.
+    (DataFrame, list, list, dict)
+        The pairs (columns ``id``, ``y``, ``p``, sorted by id), the labelled patients with no
+        prediction, the predicted patients with no label, and the columns used
+        (``{"labels": [id, label], "predictions": [id, probability]}``).
+
+    Raises
+    ------
+    ValueError
+        When a column is missing, a label is not 0/1, a patient has both labels, a
+        probability is outside [0, 1], or no patient is in both tables.
     """
     lid = _pick(labels, id_col, LABEL_ID_COLUMNS, "patient id", "labels")
     lab = _pick(labels, label_col, LABEL_COLUMNS, "label", "labels")
     pid = _pick(predictions, id_col, PRED_ID_COLUMNS, "patient id", "predictions")
     prb = _pick(predictions, prob_col, PRED_PROB_COLUMNS, "probability", "predictions")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1. Received n_bins={n_bins}")
 
     lt = pd.DataFrame({"id": labels[lid].astype(str).str.strip(),
                        "y": pd.to_numeric(labels[lab], errors="coerce")})
@@ -651,6 +639,40 @@ def patient_metrics(labels: pd.DataFrame, predictions: pd.DataFrame, *, id_col: 
     if both.empty:
         raise ValueError(f"no patient is in both tables: {len(lt)} labelled (e.g. "
                          f"{lt['id'].head(3).tolist()}), {len(pt)} predicted (e.g. {pt['id'].head(3).tolist()})")
+    return both, missing, unlabelled, {"labels": [lid, lab], "predictions": [pid, prb]}
+
+
+def patient_metrics(labels: pd.DataFrame, predictions: pd.DataFrame, *, id_col: str | None = None,
+                    label_col: str | None = None, prob_col: str | None = None,
+                    n_bins: int = 10) -> dict[str, Any]:
+    """Patient-level log-loss, ROC AUC and calibration of cancer probabilities.
+
+    Parameters
+    ----------
+    labels : DataFrame
+        ``id,cancer`` (DSB2017 ``stage1_labels.csv``) or ``patient_id,cancer``.
+    predictions : DataFrame
+        lungcad ``patients.csv`` (``patient_id, seriesuid, cancer_probability``) or a DSB2017
+        submission (``id,cancer``).  A patient with several rows (several series) gets the
+        highest probability.
+    id_col, label_col, prob_col : str, optional
+        Column names, when they are not among the detected ones.  ``id_col`` applies to
+        both tables.
+    n_bins : int
+        Equal-width calibration bins over [0, 1].
+
+    Returns
+    -------
+    dict
+        ``n`` (patients scored), ``n_positive``, ``log_loss``, ``auc`` (None with one class),
+        ``brier``, ``calibration`` (a list of bins: ``lo, hi, n, mean_predicted,
+        fraction_positive``), ``missing_predictions`` (labelled patients with no prediction)
+        and ``unlabelled_predictions``, and the columns used.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1. Received n_bins={n_bins}")
+    both, missing, unlabelled, cols = join_patients(labels, predictions, id_col=id_col,
+                                                    label_col=label_col, prob_col=prob_col)
     y = both["y"].to_numpy(int)
     p = both["p"].to_numpy(float)
     auc = roc_auc(y, p)
@@ -671,7 +693,7 @@ def patient_metrics(labels: pd.DataFrame, predictions: pd.DataFrame, *, id_col: 
         "calibration": bins,
         "missing_predictions": missing,
         "unlabelled_predictions": unlabelled,
-        "columns": {"labels": [lid, lab], "predictions": [pid, prb]},
+        "columns": cols,
     }
 
 

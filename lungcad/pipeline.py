@@ -220,7 +220,8 @@ class Pipeline:
             table = fpr_stage(volume, table, self.classifier, cfg, views=self.fpr_views)
 
         with _stage("aggregate", volume, timings):
-            p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak)
+            p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak,
+                                    calibration=cfg.aggregate.calibration)
 
         if "patient_id" not in table:
             table.insert(1, "patient_id", table_text(volume.patient_id))

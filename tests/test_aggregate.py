@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcad.aggregate import aggregate, patient_probability
+from lungcad.aggregate import aggregate, calibrate, fit_calibration, patient_probability
 
 
 def test_empty_gives_p_leak_exactly():
@@ -116,3 +116,89 @@ def test_aggregate_missing_column_raises():
         aggregate(pd.DataFrame({"nodule_prob": [0.5]}))
     with pytest.raises(ValueError, match="expected a pandas DataFrame"):
         aggregate([0.5, 0.5])
+
+
+# ----------------------------------------------------------------------------- calibration
+
+def test_calibrate_identity_is_exact_and_known_values():
+    p = np.array([0.0, 1e-9, 0.02, 0.5, 0.97, 1.0])
+    assert np.array_equal(calibrate(p, (1.0, 0.0)), p)
+    # sigmoid(2 * logit(0.5) + 1) = sigmoid(1)
+    assert calibrate(0.5, (2.0, 1.0)) == pytest.approx(1 / (1 + np.exp(-1.0)), abs=1e-12)
+    # sigmoid(0.5 * logit(0.8) - 0.3)
+    z = 0.5 * np.log(0.8 / 0.2) - 0.3
+    assert calibrate(0.8, (0.5, -0.3)) == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-12)
+    assert isinstance(calibrate(0.3, (0.7, 0.1)), float)
+
+
+def test_calibrate_keeps_order_and_bounds():
+    p = np.sort(np.random.default_rng(0).uniform(0, 1, 200))
+    for cal in [(0.3, -1.0), (1.0, 2.0), (4.0, 0.5)]:
+        q = calibrate(p, cal)
+        assert np.all(np.diff(q) >= 0)            # monotone, so the ROC AUC cannot change
+        assert np.all((q > 0) & (q < 1))
+
+
+def test_patient_probability_applies_the_calibration_to_the_noisy_or():
+    raw = patient_probability([0.9, 0.2], [0.5, 0.5], top_k=5, p_leak=0.02)
+    cal = patient_probability([0.9, 0.2], [0.5, 0.5], top_k=5, p_leak=0.02, calibration=(0.6, -0.8))
+    assert cal == pytest.approx(calibrate(raw, (0.6, -0.8)), abs=1e-15)
+    assert cal < raw
+    df = pd.DataFrame({"nodule_prob": [0.9, 0.2], "malignancy_prob": [0.5, 0.5]})
+    assert aggregate(df, calibration=(0.6, -0.8)) == pytest.approx(cal, abs=1e-15)
+    # an empty table: the calibrated leak
+    assert aggregate(pd.DataFrame(), p_leak=0.02, calibration=(0.6, -0.8)) == \
+        pytest.approx(calibrate(0.02, (0.6, -0.8)), abs=1e-15)
+
+
+def test_fit_calibration_recovers_the_generating_parameters():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0.0, 2.0, 20000)
+    p_raw = 1 / (1 + np.exp(-z))                      # an over-confident score ...
+    y = rng.uniform(size=z.size) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))   # ... of this truth
+    scale, shift = fit_calibration(p_raw, y.astype(int))
+    assert scale == pytest.approx(0.5, abs=0.03)
+    assert shift == pytest.approx(-1.0, abs=0.05)
+
+
+def test_fit_calibration_lowers_the_log_loss_of_overconfident_scores():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 60)
+    # confident and often wrong: 0.95 for a quarter of the healthy, 0.98 for most of the ill
+    p = np.where(y == 1, np.where(rng.uniform(size=60) < 0.8, 0.98, 0.3),
+                 np.where(rng.uniform(size=60) < 0.25, 0.95, 0.05))
+    cal = fit_calibration(p, y)
+    q = calibrate(p, cal)
+
+    def ll(prob):
+        return -np.mean(y * np.log(prob) + (1 - y) * np.log(1 - prob))
+
+    assert ll(q) < ll(p) - 0.05
+    assert cal[0] < 1.0                               # the fit tempers over-confident scores
+
+
+def test_fit_calibration_on_separable_patients_is_finite_and_keeps_order():
+    p = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    scale, shift = fit_calibration(p, y)
+    assert np.isfinite(scale) and np.isfinite(shift) and 0 < scale <= 100
+    q = calibrate(p, (scale, shift))
+    assert q[:3].max() < 0.5 < q[3:].min()
+    assert q.max() < 1.0 and q.min() > 0.0            # Platt's targets: never certain
+
+
+@pytest.mark.parametrize("p,y,match", [
+    ([0.2, 0.3], [1, 1], "patients of both classes. Received 2 with cancer and 0 without"),
+    ([0.2, 0.3], [1], "one label per probability"),
+    ([0.2, 0.3], [1, 2], "labels 0 or 1"),
+    ([0.2, 1.3], [1, 0], r"expected probabilities in \[0, 1\]"),
+])
+def test_fit_calibration_rejects_bad_input(p, y, match):
+    with pytest.raises(ValueError, match=match):
+        fit_calibration(p, y)
+
+
+@pytest.mark.parametrize("cal", [(0.0, 1.0), (-1.0, 0.0), (np.inf, 0.0), (1.0, np.nan), (1.0,), "ab"])
+def test_invalid_calibration_raises(cal):
+    with pytest.raises(ValueError, match="calibration: expected"):
+        patient_probability([0.5], [0.5], calibration=cal)

@@ -57,12 +57,23 @@ def test_weights_resolution(tmp_path):
     ("[fpr]\nsuppress_within = 1.5\n", r"suppress_within: expected a fraction of the diameter from 0 \(off\) to 1"),
     ("[fpr]\ntta_top = -5\n", r"tta_top: expected a number of candidates >= 0"),
     ("[fpr]\ntta_top = 2.5\n", r"\[fpr\] tta_top: expected an integer"),
+    ("[aggregate]\ncalibration = [0.0, 1.0]\n", r"\[aggregate\] calibration: expected a finite scale > 0"),
+    ("[aggregate]\ncalibration = [-0.5, 1.0]\n", r"\[aggregate\] calibration: expected a finite scale > 0"),
+    ("[aggregate]\ncalibration = [0.5]\n", r"\[aggregate\] calibration: expected a list of 2 numbers"),
 ])
 def test_bad_files_name_the_problem(tmp_path, text, match):
     toml = tmp_path / "bad.toml"
     toml.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(toml)
+
+
+def test_aggregate_calibration_reads_as_two_floats(tmp_path):
+    toml = tmp_path / "cal.toml"
+    toml.write_text("[aggregate]\ncalibration = [0.5, -1]\n")
+    cfg = load_config(toml)
+    assert cfg.aggregate.calibration == (0.5, -1.0)
+    assert cfg.hash() != PipelineConfig().hash()
 
 
 def test_missing_file(tmp_path):

@@ -18,7 +18,8 @@ from lungcad.synthetic import generate_phantom
 PHANTOM_MIN_CPM = 0.80              # measured 0.857; issue 5 target: 0.8
 PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 1, 1); issue 5 target: 4
 PETCT_MAX_RANK = 2                  # the same, said as a rank
-PETCT_MIN_PATIENT_PROB = 0.8        # measured A0001 0.97/0.99, A0002 0.99/0.96; issue 5 target: 0.5
+PETCT_MIN_PATIENT_PROB = 0.55       # measured A0001 0.72/0.90, A0002 0.86/0.63 with the shipped
+                                    # [aggregate] calibration (0.97/0.99, 0.99/0.96 without); target: 0.5
 PETCT_MIN_TUMOUR_SPAN = 0.8         # the tumour's longest candidate spans >= this share of its
                                     # annotated slices: measured 26/9, 18/11, 12/10, 13/8 slices
                                     # (linking by centroid distance alone: 4/9, 6/11, 5/10, 5/8)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lungcad.aggregate import aggregate
+from lungcad.aggregate import aggregate, calibrate
 from lungcad.config import PipelineConfig
 from lungcad.errors import StageError
 from lungcad.pipeline import Pipeline
@@ -68,7 +68,12 @@ def test_pipeline_finds_the_nodules_with_toy_models():
         assert d.min() < 1.5
         assert c.iloc[int(d.argmin())]["diameter_mm"] == pytest.approx(2 * NODULE_RADIUS_MM, rel=0.2)
     assert {"seg_prob", "nodule_prob", "malignancy_prob", "patient_id"} <= set(c.columns)
-    assert result.cancer_probability == pytest.approx(aggregate(c, top_k=5, p_leak=0.02))
+    cal = PipelineConfig().aggregate.calibration
+    assert cal != (1.0, 0.0)                          # the default is calibrated ...
+    assert result.cancer_probability == pytest.approx(aggregate(c, top_k=5, p_leak=0.02, calibration=cal))
+    plain = Pipeline(PipelineConfig().with_overrides({"aggregate.calibration": [1.0, 0.0]}),
+                     segmenter=toy_segmenter, classifier=toy_classifier).run(vol)
+    assert plain.cancer_probability == pytest.approx(aggregate(c, top_k=5, p_leak=0.02))   # ... (1, 0) is not
     assert set(result.timings) == {"lungmask", "candidates", "morphology", "fpr", "aggregate"}
     assert result.config == PipelineConfig().to_dict() and len(result.config_hash) == 16
     assert result.geometry["spacing_zyx_mm"] == list(SPACING)
@@ -90,7 +95,8 @@ def test_no_lungs_falls_back_with_a_warning():
     vol = CTVolume(hu, (5.0, 1.0, 1.0), (0.0, 0.0, 0.0), series_uid="water")
     result = Pipeline(segmenter=toy_segmenter, classifier=toy_classifier).run(vol)
     assert result.warnings and result.meta["lungmask_fallback"] is True
-    assert result.cancer_probability == pytest.approx(0.02)
+    # no candidate: the leak, through the default calibration
+    assert result.cancer_probability == pytest.approx(calibrate(0.02, PipelineConfig().aggregate.calibration))
 
 
 def test_pipeline_with_real_keras_models(tmp_path):

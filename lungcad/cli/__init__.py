@@ -20,7 +20,7 @@ import traceback
 from lungcad import __version__
 from lungcad.errors import LungcadError
 
-COMMANDS = ["info", "synth", "zoo", "detect", "merge", "train", "evaluate"]
+COMMANDS = ["info", "synth", "zoo", "detect", "merge", "train", "evaluate", "calibrate"]
 
 
 def import_keras(*, debug: bool = False):
