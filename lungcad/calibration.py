@@ -25,13 +25,6 @@ from lungcad.errors import InputError
 __all__ = ["uncalibrated_probabilities", "fit_results", "format_fit", "toml_lines"]
 
 
-def _scan_files(folder: Path) -> list[Path]:
-    from lungcad.outputs import _SID
-
-    return sorted((f for f in (folder / "scans").glob("*.json") if _SID.match(f.stem)),
-                  key=lambda f: f.name)
-
-
 def uncalibrated_probabilities(result_dirs, *, top_k: int | None = None,
                                p_leak: float | None = None) -> pd.DataFrame:
     """Each scan's cancer probability before calibration, from ``lungcad detect`` output folders.
@@ -58,7 +51,7 @@ def uncalibrated_probabilities(result_dirs, *, top_k: int | None = None,
         FPR probabilities, or the scans were made with different ``top_k`` / ``p_leak``.
     """
     from lungcad.aggregate import IDENTITY, aggregate
-    from lungcad.outputs import _read_json
+    from lungcad.outputs import _read_json, scan_files
 
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -66,7 +59,7 @@ def uncalibrated_probabilities(result_dirs, *, top_k: int | None = None,
     for d in (Path(x) for x in result_dirs):
         if not d.is_dir():
             raise InputError(d, "no such folder")
-        files = _scan_files(d)
+        files = scan_files(d)
         if not files:
             raise InputError(d, "no scan results in it (scans/*.json); is it a `lungcad detect` output folder?")
         for f in files:

@@ -220,6 +220,13 @@ def _dump_json(obj) -> str:
 
 # ----------------------------------------------------------------------------- the folder
 
+def scan_files(root) -> list[Path]:
+    """The per-scan result files ``root/scans/*.json`` of an output folder, sorted by name
+    (reads nothing, creates nothing)."""
+    return sorted((f for f in (Path(root) / "scans").glob("*.json") if _SID.match(f.stem)),
+                  key=lambda f: f.name)
+
+
 class OutputDir:
     """The output folder of a detection run (see the module docstring for its layout).
 
@@ -332,8 +339,7 @@ class OutputDir:
     # -- reading back
 
     def _scan_files(self) -> list[Path]:
-        return sorted((f for f in self.scans_dir.glob("*.json") if _SID.match(f.stem)),
-                      key=lambda f: f.name)
+        return scan_files(self.root)
 
     def load_scans(self) -> list[dict[str, Any]]:
         """Every ``scans/*.json`` as a dict, sorted by id."""
