@@ -11,7 +11,9 @@ One scan is one row (and one block) of a Ray dataset:
 
 A scan that fails is returned as data (an error row), never raised, so that one bad scan
 does not fail the Ray job; a worker that dies (killed, out of memory) loses only its own
-scan, which then gets an error row too.  Ray is an optional extra: ``pip install 'lungcad[ray]'``.
+scan, which is tried again on a new actor at most ``retries`` times (default
+:data:`SCAN_RETRIES`) and then gets an error row too.  (Ray Data by itself would send a scan
+that kills every actor it meets to a new actor without end.)  Ray is an optional extra: ``pip install 'lungcad[ray]'``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from lungcad.errors import LungcadError
 INSTALL_HINT = "pip install 'lungcad[ray]'"
 #: environment variables that the workers need to behave like the driver
 _ENV_PASSED = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS", "RAY_BACKEND_LOG_LEVEL")
+#: times a scan whose network actor died (killed, out of memory) is sent to a new actor
+SCAN_RETRIES = 2
 
 
 class RayNotInstalled(LungcadError):
@@ -70,22 +74,36 @@ def _load(row: dict[str, Any], *, pipe_blob: bytes) -> dict[str, Any]:
 
 
 class _Networks:
-    """Actor holding the networks: the rest of :meth:`Pipeline.run`, and the crops."""
+    """Actor holding the networks: the rest of :meth:`Pipeline.run`, and the crops.
 
-    def __init__(self, pipe_blob: bytes):
+    Ray Data replaces an actor that died and sends its scan to another one, without limit;
+    ``attempts`` (an :func:`_attempt_counter`) counts the tries of each scan across actors,
+    and a scan already tried ``retries + 1`` times gets an error row instead of a new try."""
+
+    def __init__(self, pipe_blob: bytes, attempts=None, retries: int = -1):
         self.pipe = pickle.loads(pipe_blob)
         self.pipe.load_models()
+        self.attempts, self.retries = attempts, retries
+
+    def _tries(self, i: int) -> int:
+        import ray
+
+        return int(ray.get(self.attempts.next.remote(i))) if self.attempts is not None else 1
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from lungcad.api import ScanJob
 
         out = []
-        for payload in batch["payload"]:
+        for i, payload in zip(batch["i"], batch["payload"]):
             item = pickle.loads(payload)
             if item[0] == "loaded":
                 _, series, volume, prep = item
                 job = ScanJob(series)
+                tries = self._tries(int(i))
                 try:
+                    if self.retries >= 0 and tries > self.retries + 1:
+                        job.stage = "pipeline"
+                        raise LungcadError(worker_died_message(series.path, tries - 1))
                     result, crops = job.networks(self.pipe, volume, prep)
                     payload = _dump(("done", series, result, crops))
                 except Exception as e:  # noqa: BLE001
@@ -94,6 +112,27 @@ class _Networks:
                 gc.collect()
             out.append(payload)
         return {"i": batch["i"], "payload": out}
+
+
+def worker_died_message(path, times: int | None = None) -> str:
+    n = f" {times} time(s)" if times else ""
+    return (f"{path}: the Ray worker running this scan died{n} (killed, or out of memory); "
+            f"see the Ray logs")
+
+
+def _attempt_counter(ray):
+    """A small actor that counts the tries of each scan (row index -> count)."""
+
+    @ray.remote(num_cpus=0)
+    class Attempts:
+        def __init__(self):
+            self.n: dict[int, int] = {}
+
+        def next(self, i: int) -> int:
+            self.n[i] = self.n.get(i, 0) + 1
+            return self.n[i]
+
+    return Attempts.remote()
 
 
 # ------------------------------------------------------------------ the driver
@@ -128,7 +167,7 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
                num_shards: int = 1, shard_index: int = 0, all_series: bool = False,
                series_uids=(), overwrite: bool = False, progress: bool = False, log=None,
                address: str | None = None, actors: int = 1, gpus_per_actor: float = 0.0,
-               num_cpus: int | None = None) -> dict[str, Any]:
+               num_cpus: int | None = None, retries: int = SCAN_RETRIES) -> dict[str, Any]:
     """:func:`lungcad.api.detect` on Ray Data: the same outputs and summary.
 
     Parameters (beyond those of :func:`lungcad.api.detect`)
@@ -140,6 +179,9 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
         Number of actors holding the networks.
     gpus_per_actor : float
         GPUs each actor reserves (0: the networks run on CPU).
+    retries : int
+        Times a scan whose actor died is tried again on a new actor before it gets an error row
+        (the pool replaces dead actors either way).
     """
     from lungcad.api import _PrintLog, start_batch
 
@@ -148,6 +190,8 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
         raise LungcadError(f"--ray-actors must be >= 1. Received {actors}")
     if gpus_per_actor < 0:
         raise LungcadError(f"--ray-gpus-per-actor must be >= 0. Received {gpus_per_actor}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise LungcadError(f"--ray-retries must be an integer >= 0. Received {retries!r}")
     log = log or _PrintLog()
     batch = start_batch(input_path, output_dir, pipeline=pipeline, batch_size=batch_size,
                         num_shards=num_shards, shard_index=shard_index, all_series=all_series,
@@ -163,14 +207,14 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
         started = ray_init(ray, address, num_cpus=num_cpus)
         try:
             done, failures = _run(ray, batch, pipe_blob, actors=actors, gpus_per_actor=gpus_per_actor,
-                                  progress=progress, log=log, done=done, failures=failures)
+                                  retries=retries, progress=progress, log=log, done=done, failures=failures)
         finally:
             if started:
                 ray.shutdown()
     return batch.finish(done=done, failures=failures, log=log, engine=engine)
 
 
-def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, progress, log, done, failures):
+def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, retries, progress, log, done, failures):
     from ray.data import DataContext
 
     from lungcad.api import ScanJob, done_line, report_error
@@ -190,9 +234,11 @@ def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, progress, log, done, 
     # process is reused without limit); said explicitly, it also keeps Ray Data from fusing
     # these tasks into the actors below (it fuses only operators with equal remote args).
     ds = ds.map(_load, fn_kwargs={"pipe_blob": pipe_blob}, num_cpus=1, max_calls=0)
-    # the networks: a pool of `actors` actors, each holding the models (and its GPUs)
-    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob,), batch_size=1, num_cpus=1,
-                        num_gpus=gpus_per_actor or None,
+    # the networks: a pool of `actors` actors, each holding the models (and its GPUs).  Ray
+    # Data restarts a dead actor and retries its task without limit: the counter stops a
+    # scan that kills every actor it meets
+    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob, _attempt_counter(ray), retries),
+                        batch_size=1, num_cpus=1, num_gpus=gpus_per_actor or None,
                         compute=ray.data.ActorPoolStrategy(size=actors))
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
@@ -220,7 +266,5 @@ def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, progress, log, done, 
             job = ScanJob(s)
             job.stage = "pipeline"
             failures += 1
-            report_error(out, log, job.error(LungcadError(
-                f"{s.path}: the Ray worker running this scan failed (killed, or out of memory); "
-                f"see the Ray logs"), unexpected=True))
+            report_error(out, log, job.error(LungcadError(worker_died_message(s.path)), unexpected=True))
     return done, failures

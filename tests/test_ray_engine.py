@@ -1,7 +1,9 @@
 """`lungcad detect --engine ray` (lungcad.ray_engine) on a local Ray with two CPUs."""
 import json
+import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,15 +12,22 @@ import ray  # the "ray" extra; the "test" extra, which CI installs, pulls it in 
 
 import lungcad.api as api
 from lungcad.cli import import_keras, main
-from lungcad.io import write_itk
+from crashing_segmenter import KillsOnLongScans
+from lungcad.config import PipelineConfig
+from lungcad.io import write_dicom_series, write_itk
+from lungcad.pipeline import Pipeline
 from lungcad.ray_engine import detect_ray
+from lungcad.synthetic import generate_phantom
 from lungcad.volume import CTVolume
 from test_cli_detect import small_patient
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the workers import tests/crashing_segmenter.py
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray
     ray.shutdown()
 
@@ -94,6 +103,27 @@ def test_a_bad_scan_is_one_error_row_the_rest_is_done_and_the_exit_code_says_so(
     assert run["this_run"]["done"] == 1 and run["this_run"]["failed"] == 1
 
 
+def test_a_scan_that_kills_its_actor_is_retried_a_bounded_number_of_times_then_gets_an_error_row(
+        tmp_path, scans, local_ray, keras_loaded):
+    root = tmp_path / "in"
+    shutil.copytree(scans / "P0", root / "P0")                   # 40 slices
+    long = generate_phantom(seed=107, shape=(72, 128, 128))      # its lung box has more than 41
+    long.volume.patient_id, long.volume.series_uid = "LONG", "1.2.826.0.1.3680043.99.107"
+    write_dicom_series(long.volume, root / "LONG" / "ct", seed=107)
+    deaths = tmp_path / "deaths.txt"
+    pipe = Pipeline(PipelineConfig(), segmenter=KillsOnLongScans(41, deaths))
+    out = tmp_path / "out"
+    s = detect_ray(root, out, pipeline=pipe, actors=1, retries=1)
+    assert (s["done"], s["failed"]) == (1, 1)
+    assert len(deaths.read_text().splitlines()) == 2                  # the first try and one retry
+    errs = pd.read_csv(out / "errors.csv")
+    assert len(errs) == 1 and "LONG" in errs.loc[0, "path"]
+    assert "the Ray worker running this scan died 2 time(s)" in errs.loc[0, "message"]
+    assert list(pd.read_csv(out / "patients.csv")["patient_id"]) == ["P0"]
+    with pytest.raises(api.LungcadError, match="--ray-retries"):
+        detect_ray(root, tmp_path / "o2", retries=-1)
+
+
 def test_engine_ray_without_ray_installed_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)        # `import ray` now raises ImportError
     monkeypatch.setitem(sys.modules, "ray.data", None)
@@ -103,4 +133,15 @@ def test_engine_ray_without_ray_installed_is_one_clear_line(tmp_path, monkeypatc
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err
     assert "pip install 'lungcad[ray]'" in lines[0] and lines[0].startswith("lungcad detect: error:")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--ray-actors", "0"), ("--ray-retries", "-1"),
+                                        ("--ray-gpus-per-actor", "-0.5")])
+def test_bad_ray_flags_are_one_clear_line(tmp_path, capsys, flag, value):
+    code = main(["detect", str(tmp_path), "-o", str(tmp_path / "out"), "--engine", "ray", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lungcad detect: error:") and flag in lines[0]
     assert not (tmp_path / "out").exists()

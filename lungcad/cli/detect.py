@@ -46,6 +46,9 @@ def add_parser(sub, parents):
                    help="with --engine ray: actors that hold the networks (default 1)")
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, metavar="F",
                    help="with --engine ray: GPUs each actor reserves (default 0: the networks run on CPU)")
+    p.add_argument("--ray-retries", type=int, default=None, metavar="N",
+                   help="with --engine ray: times a scan whose actor died (killed, out of memory) is sent "
+                        "to a new actor before it gets an error row (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.set_defaults(func=run)
@@ -92,6 +95,9 @@ def run(args) -> int:
         if args.ray_actors < 1:
             print(f"lungcad detect: error: --ray-actors must be >= 1. Received {args.ray_actors}", file=sys.stderr)
             return 2
+        if args.ray_retries is not None and args.ray_retries < 0:
+            print(f"lungcad detect: error: --ray-retries must be >= 0. Received {args.ray_retries}", file=sys.stderr)
+            return 2
         if args.ray_gpus_per_actor < 0:
             print(f"lungcad detect: error: --ray-gpus-per-actor must be >= 0. Received {args.ray_gpus_per_actor}",
                   file=sys.stderr)
@@ -116,7 +122,8 @@ def run(args) -> int:
         from lungcad.ray_engine import detect_ray
 
         summary = detect_ray(args.input, args.output, address=args.ray_address, actors=args.ray_actors,
-                             gpus_per_actor=args.ray_gpus_per_actor, **kwargs)
+                             gpus_per_actor=args.ray_gpus_per_actor,
+                             **({} if args.ray_retries is None else {"retries": args.ray_retries}), **kwargs)
     else:
         from lungcad.api import detect
 
