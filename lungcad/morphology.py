@@ -546,6 +546,11 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
                        split_min_mm: float = 15.0) -> pd.DataFrame:
     """Turn a probability map into the candidate table.
 
+    The keyword defaults are the plain algorithm (one threshold of 0.5, no weak or split
+    candidates, no cap).  The pipeline passes the values of its ``[morphology]`` section
+    instead (:class:`lungcad.config.MorphologyConfig`, ``pipelines/default.toml``); to get
+    what ``lungcad detect`` gets, call it with ``**dataclasses.asdict(MorphologyConfig())``.
+
     Parameters
     ----------
     prob : ndarray of float, (z, y, x)

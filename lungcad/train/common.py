@@ -180,7 +180,7 @@ class TimeLimit(keras.callbacks.Callback):
     def __init__(self, minutes: float):
         super().__init__()
         self.seconds = float(minutes) * 60.0
-        self.t0 = time.perf_counter()
+        self.t0: float | None = None          # set when training begins
         self.stopped_epoch: int | None = None
 
     def on_train_begin(self, logs=None):
