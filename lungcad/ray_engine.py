@@ -78,10 +78,18 @@ class _Networks:
 
     Ray Data replaces an actor that died and sends its scan to another one, without limit;
     ``attempts`` (an :func:`_attempt_counter`) counts the tries of each scan across actors,
-    and a scan already tried ``retries + 1`` times gets an error row instead of a new try."""
+    and a scan already tried ``retries + 1`` times gets an error row instead of a new try.
+    ``files`` (:func:`weight_files`, or a Ray reference to them) are the weight files that
+    travel with the job."""
 
-    def __init__(self, pipe_blob: bytes, attempts=None, retries: int = -1):
+    def __init__(self, pipe_blob: bytes, attempts=None, retries: int = -1, files=None):
         self.pipe = pickle.loads(pipe_blob)
+        if files is not None:
+            import ray
+
+            if isinstance(files, ray.ObjectRef):
+                files = ray.get(files)
+            load_shipped_weights(self.pipe, files)
         self.pipe.load_models()
         self.attempts, self.retries = attempts, retries
 
@@ -112,6 +120,47 @@ class _Networks:
                 gc.collect()
             out.append(payload)
         return {"i": batch["i"], "payload": out}
+
+
+def weight_files(config, *, skip=()) -> dict[str, tuple[str, bytes]]:
+    """The bytes of the pipeline's weight files that are not shipped with lungcad, for the
+    workers, so that no node of the cluster needs to see the driver's files:
+    ``{"segmenter" | "classifier": (file name, bytes)}``, less the roles in ``skip`` (networks
+    given to the Pipeline directly, which travel with it)."""
+    out = {}
+    for role, ref in (("segmenter", config.candidates.weights), ("classifier", config.fpr.weights)):
+        if role in skip or ref.startswith("builtin:"):
+            continue
+        path = config.resolve_weights(ref)
+        try:
+            out[role] = (path.name, path.read_bytes())
+        except OSError as e:
+            raise LungcadError(f"{path}: cannot read the {role} weights: {e.strerror or e}") from None
+    return out
+
+
+def load_shipped_weights(pipe, files: dict[str, tuple[str, bytes]]) -> None:
+    """Load the networks of :func:`weight_files` into ``pipe`` from a private temporary copy
+    (the pipeline's config, and so its hash in the outputs, stays as the driver had it)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from lungcad.pipeline import check_fpr_model, load_keras_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="lungcad-weights-"))
+    try:
+        for role, (name, data) in files.items():
+            path = tmp / name
+            path.write_bytes(data)
+            model = load_keras_model(path)
+            if role == "classifier":
+                check_fpr_model(model, pipe.config, path)
+                pipe._classifier = model
+            else:
+                pipe._segmenter = model
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def worker_died_message(path, times: int | None = None) -> str:
@@ -201,12 +250,15 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
     engine = {"name": "ray", "address": address or "local", "actors": actors, "gpus_per_actor": gpus_per_actor}
     if pending:
         # the pipeline as the workers get it: before any model is loaded here (models given
-        # to Pipeline(...) directly travel with it; otherwise each actor loads the weight files)
+        # to Pipeline(...) directly travel with it; the shipped weights are on every node with
+        # lungcad; other weight files travel as bytes, so that no node needs the driver's files)
+        given = [r for r, m in (("segmenter", pipe._segmenter), ("classifier", pipe._classifier)) if m is not None]
         pipe_blob = _dump(pipe)
         pipe.load_models()        # a missing or unfit weights file: one error, before Ray starts
+        files = weight_files(pipe.config, skip=given)
         started = ray_init(ray, address, num_cpus=num_cpus)
         try:
-            done, failures = _run(ray, batch, pipe_blob, actors=actors, gpus_per_actor=gpus_per_actor,
+            done, failures = _run(ray, batch, pipe_blob, files, actors=actors, gpus_per_actor=gpus_per_actor,
                                   retries=retries, progress=progress, log=log, done=done, failures=failures)
         finally:
             if started:
@@ -214,7 +266,7 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
     return batch.finish(done=done, failures=failures, log=log, engine=engine)
 
 
-def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, retries, progress, log, done, failures):
+def _run(ray, batch, pipe_blob, files, *, actors, gpus_per_actor, retries, progress, log, done, failures):
     from ray.data import DataContext
 
     from lungcad.api import ScanJob, done_line, report_error
@@ -237,7 +289,8 @@ def _run(ray, batch, pipe_blob, *, actors, gpus_per_actor, retries, progress, lo
     # the networks: a pool of `actors` actors, each holding the models (and its GPUs).  Ray
     # Data restarts a dead actor and retries its task without limit: the counter stops a
     # scan that kills every actor it meets
-    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob, _attempt_counter(ray), retries),
+    files_ref = ray.put(files) if files else None
+    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob, _attempt_counter(ray), retries, files_ref),
                         batch_size=1, num_cpus=1, num_gpus=gpus_per_actor or None,
                         compute=ray.data.ActorPoolStrategy(size=actors))
     logging.getLogger("ray.data").setLevel(logging.ERROR)

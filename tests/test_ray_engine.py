@@ -12,13 +12,14 @@ import ray  # the "ray" extra; the "test" extra, which CI installs, pulls it in 
 
 import lungcad.api as api
 from lungcad.cli import import_keras, main
-from crashing_segmenter import KillsOnLongScans
-from lungcad.config import PipelineConfig
+import lungcad.ray_engine as ray_engine
+from lungcad.config import WEIGHTS_DIR, PipelineConfig
 from lungcad.io import write_dicom_series, write_itk
 from lungcad.pipeline import Pipeline
 from lungcad.ray_engine import detect_ray
 from lungcad.synthetic import generate_phantom
 from lungcad.volume import CTVolume
+from crashing_segmenter import KillsOnLongScans
 from test_cli_detect import small_patient
 
 
@@ -56,10 +57,28 @@ def truncated_mhd(folder):
     return mhd
 
 
-def test_ray_outputs_equal_the_serial_engine(tmp_path, scans, local_ray, keras_loaded):
+def test_ray_outputs_equal_the_serial_engine(tmp_path, scans, local_ray, keras_loaded, monkeypatch):
+    # weights of one's own, which the workers get from the driver: they are deleted as soon as
+    # the driver has read them, before any actor starts
+    own = tmp_path / "own"
+    own.mkdir()
+    for name in ("segmenter.keras", "fpr.keras"):
+        shutil.copy(WEIGHTS_DIR / name, own / name)
+    toml = tmp_path / "own.toml"
+    toml.write_text('[candidates]\nweights = "own/segmenter.keras"\n[fpr]\nweights = "own/fpr.keras"\n')
     serial, par = tmp_path / "serial", tmp_path / "ray"
-    s1 = api.detect(scans, serial)
-    s2 = detect_ray(scans, par, actors=1)
+    s1 = api.detect(scans, serial, pipeline=toml)
+    read = ray_engine.weight_files
+
+    def read_then_delete(config, **kw):
+        files = read(config, **kw)
+        assert sorted(files) == ["classifier", "segmenter"]
+        shutil.rmtree(own)
+        return files
+
+    monkeypatch.setattr(ray_engine, "weight_files", read_then_delete)
+    s2 = detect_ray(scans, par, actors=1, pipeline=toml)
+    assert not own.exists()
     assert (s1["done"], s1["failed"]) == (s2["done"], s2["failed"]) == (2, 0)
     c1, c2 = pd.read_csv(serial / "candidates.csv"), pd.read_csv(par / "candidates.csv")
     assert len(c1) > 0
@@ -76,7 +95,7 @@ def test_ray_outputs_equal_the_serial_engine(tmp_path, scans, local_ray, keras_l
     assert run["engine"]["name"] == "ray" and run["counts"]["done"] == 2
     assert not list(par.rglob("*.tmp*"))
     # resume: a second run finds both scans done and starts no Ray work
-    s3 = detect_ray(scans, par)
+    s3 = detect_ray(scans, par, pipeline=toml)
     assert (s3["done"], s3["skipped"], s3["failed"]) == (0, 2, 0)
 
 
@@ -145,3 +164,16 @@ def test_bad_ray_flags_are_one_clear_line(tmp_path, capsys, flag, value):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lungcad detect: error:") and flag in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_weight_files_ship_only_what_the_workers_lack(tmp_path):
+    shutil.copy(WEIGHTS_DIR / "fpr.keras", tmp_path / "mine.keras")
+    cfg = PipelineConfig().with_overrides({"fpr.weights": str(tmp_path / "mine.keras")})
+    files = ray_engine.weight_files(cfg)
+    assert list(files) == ["classifier"]                        # the builtin segmenter is everywhere
+    assert files["classifier"] == ("mine.keras", (WEIGHTS_DIR / "fpr.keras").read_bytes())
+    assert ray_engine.weight_files(cfg, skip=["classifier"]) == {}
+    assert ray_engine.weight_files(PipelineConfig()) == {}
+    (tmp_path / "mine.keras").unlink()
+    with pytest.raises(api.LungcadError, match="mine.keras: cannot read the classifier weights"):
+        ray_engine.weight_files(cfg)
