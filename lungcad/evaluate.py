@@ -134,6 +134,11 @@ def read_seriesuids(path) -> list[str]:
 
 # ----------------------------------------------------------------------------- FROC
 
+#: Columns of :attr:`FrocResult.nodules`.
+NODULE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "found", "probability",
+                  "rank", "found_at_fps_per_scan", "nearest_mm", "nearest_probability"]
+
+
 @dataclass
 class FrocResult:
     """A LUNA16 FROC evaluation.
@@ -158,6 +163,12 @@ class FrocResult:
         ``n_tp``, ``n_fp``, ``n_missed``, ``n_candidates`` (after the top-N cut),
         ``n_candidates_dropped`` (by the cut), ``n_ignored_excluded``,
         ``n_ignored_duplicate``, ``n_candidates_outside`` (whose scan is not evaluated).
+    nodules : DataFrame
+        One row per nodule of the evaluated scans (:data:`NODULE_COLUMNS`): whether a kept
+        candidate hits it, the probability and in-scan rank (0 = first) of the best one that
+        does, the FP/scan rate from which it counts as found (the false positives of the
+        whole set that score at least as high, per scan), and the distance (mm) and
+        probability of the kept candidate nearest to its centre, hit or not.
     """
 
     sensitivities: dict[float, float]
@@ -169,6 +180,7 @@ class FrocResult:
     n_nodules: int
     n_scans: int
     counts: dict[str, int] = field(default_factory=dict)
+    nodules: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NODULE_COLUMNS))
     band_fps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     band_low: np.ndarray = field(default_factory=lambda: np.zeros(0))
     band_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -233,13 +245,14 @@ def _match_scans(ann: pd.DataFrame, cand: pd.DataFrame, exc: pd.DataFrame, uids:
     """Turn the tables into the FROC lists: one entry per detected nodule or FP.
 
     Returns arrays ``scan`` (index into uids), ``prob``, ``is_tp`` for the entries,
-    the number of nodules per scan, and the counts.
+    the number of nodules per scan, the counts, and one row per nodule (the columns of
+    :data:`NODULE_COLUMNS` but the FP/scan rate, which needs every scan).
     """
     xyz = ["coordX", "coordY", "coordZ"]
     ann_g = {k: g for k, g in ann.groupby("seriesuid", sort=False)}
     exc_g = {k: g for k, g in exc.groupby("seriesuid", sort=False)}
     cand_g = {k: g for k, g in cand.groupby("seriesuid", sort=False)}
-    scan_l, prob_l, tp_l = [], [], []
+    scan_l, prob_l, tp_l, rows = [], [], [], []
     nodules_per_scan = np.zeros(len(uids), dtype=np.int64)
     counts = dict(n_tp=0, n_fp=0, n_missed=0, n_candidates=0, n_candidates_dropped=0,
                   n_ignored_excluded=0, n_ignored_duplicate=0)
@@ -263,18 +276,25 @@ def _match_scans(ann: pd.DataFrame, cand: pd.DataFrame, exc: pd.DataFrame, uids:
         e_xyz = empty if e is None else e[xyz].to_numpy(float)
         e_r2 = np.zeros(0) if e is None else _radius_squared(e["diameter_mm"].to_numpy(float))
 
-        hit = _sq_dist(c_xyz, a_xyz) < a_r2[None, :]          # (n_cand, n_nodules)
+        d2 = _sq_dist(c_xyz, a_xyz)
+        hit = d2 < a_r2[None, :]                              # (n_cand, n_nodules)
         on_nodule = hit.any(axis=1)
         for j in range(hit.shape[1]):
             m = hit[:, j]
+            best = float(c_p[m].max()) if m.any() else math.nan
             if m.any():
                 scan_l.append(s)
-                prob_l.append(float(c_p[m].max()))
+                prob_l.append(best)
                 tp_l.append(True)
                 counts["n_tp"] += 1
                 counts["n_ignored_duplicate"] += int(m.sum()) - 1
             else:
                 counts["n_missed"] += 1
+            near = int(np.argmin(d2[:, j])) if len(c_p) else -1
+            rows.append((uid, *a_xyz[j], float(a.iloc[j]["diameter_mm"]), bool(m.any()), best,
+                         int((c_p > best).sum()) if m.any() else -1,
+                         math.sqrt(d2[near, j]) if near >= 0 else math.nan,
+                         float(c_p[near]) if near >= 0 else math.nan))
         on_excluded = (_sq_dist(c_xyz, e_xyz) < e_r2[None, :]).any(axis=1) & ~on_nodule
         counts["n_ignored_excluded"] += int(on_excluded.sum())
         fp = ~on_nodule & ~on_excluded
@@ -282,8 +302,9 @@ def _match_scans(ann: pd.DataFrame, cand: pd.DataFrame, exc: pd.DataFrame, uids:
         scan_l.extend([s] * int(fp.sum()))
         prob_l.extend(c_p[fp].tolist())
         tp_l.extend([False] * int(fp.sum()))
+    nodules = pd.DataFrame(rows, columns=[c for c in NODULE_COLUMNS if c != "found_at_fps_per_scan"])
     return (np.asarray(scan_l, dtype=np.int64), np.asarray(prob_l, dtype=float),
-            np.asarray(tp_l, dtype=bool), nodules_per_scan, counts)
+            np.asarray(tp_l, dtype=bool), nodules_per_scan, counts, nodules)
 
 
 def _curve(prob_sorted: np.ndarray, tp_sorted: np.ndarray, weight: np.ndarray, group_end: np.ndarray,
@@ -392,9 +413,14 @@ def froc(annotations: pd.DataFrame, candidates: pd.DataFrame, *, excluded: pd.Da
     uid_set = set(uids)
     n_outside = int((~cand["seriesuid"].isin(uid_set)).sum())
 
-    scan, prob, is_tp, nod_per_scan, counts = _match_scans(ann, cand, exc, uids, max_candidates_per_scan)
+    scan, prob, is_tp, nod_per_scan, counts, nodules = _match_scans(ann, cand, exc, uids,
+                                                                    max_candidates_per_scan)
     counts["n_candidates_outside"] = n_outside
     n_scans = len(uids)
+    fp_sorted = np.sort(prob[~is_tp])
+    n_fp_at_least = len(fp_sorted) - np.searchsorted(fp_sorted, nodules["probability"].to_numpy(float), side="left")
+    nodules.insert(NODULE_COLUMNS.index("found_at_fps_per_scan"), "found_at_fps_per_scan",
+                   np.where(nodules["found"].to_numpy(bool), n_fp_at_least / n_scans, np.nan))
     n_nodules = int(nod_per_scan.sum())
     if n_nodules == 0:
         raise ValueError("no nodule in the evaluated scans: the sensitivity is undefined. "
@@ -443,7 +469,7 @@ def froc(annotations: pd.DataFrame, candidates: pd.DataFrame, *, excluded: pd.Da
 
     return FrocResult(sensitivities=sensitivities, cpm=cpm, ci=ci, fps=fps, sens=sens,
                       thresholds=thresholds, n_nodules=n_nodules, n_scans=n_scans, counts=counts,
-                      band_fps=band_fps, band_low=band_low, band_high=band_high,
+                      nodules=nodules, band_fps=band_fps, band_low=band_low, band_high=band_high,
                       n_bootstrap=int(n_bootstrap), n_bootstrap_valid=n_valid, seed=seed,
                       confidence=float(confidence))
 
@@ -736,6 +762,14 @@ def plot_calibration(metrics: dict[str, Any], path, *, title: str | None = None)
     axh.set_ylabel("Patients")
     _save_png(fig, path)
     return Path(path)
+
+
+def write_csv(df: pd.DataFrame, path) -> Path:
+    """Write a table as CSV, atomically."""
+    from lungcad.outputs import atomic_write_text
+
+    atomic_write_text(path, df.to_csv(index=False))
+    return Path(os.fspath(path))
 
 
 def write_json(obj: dict[str, Any], path) -> Path:

@@ -11,7 +11,7 @@ import pytest
 
 from lungcad.cli import main
 from lungcad.errors import InputError
-from lungcad.evaluate import (FROC_POINTS, froc, log_loss, patient_metrics, plot_calibration, plot_froc,
+from lungcad.evaluate import (FROC_POINTS, NODULE_COLUMNS, froc, log_loss, patient_metrics, plot_calibration, plot_froc,
                               read_annotations, read_candidates, read_excluded, read_labels,
                               read_predictions, read_seriesuids, roc_auc, sensitivity_at)
 
@@ -82,6 +82,29 @@ def test_hand_computed_case_three_scans():
     np.testing.assert_allclose(r.sens, [0, 0.25, 0.5, 0.5, 0.75, 0.75, 0.75])
     np.testing.assert_allclose(r.thresholds[1:], [0.9, 0.8, 0.55, 0.5, 0.3, 0.2])
     assert r.ci == {}
+
+
+def test_hand_computed_case_per_nodule_table():
+    # N1: c1 (.9) and c2 hit it; nothing in S1 scores higher (rank 0); no FP scores >= .9 (0 FP/scan);
+    #     nearest c1, 1 mm.
+    # N2: c3 (.5) hits it; c1, c2, c4 score higher in S1 (rank 3); FPs >= .5: c4, c9 -> 2 / 3 scans;
+    #     nearest c3 (2.9 mm; c4 is 3.0).
+    # N3: c6 (.8); c8 (.85, on an excluded finding) scores higher in S2 (rank 1); no FP >= .8.
+    # N4: S3 has no candidate.
+    r = froc(CASE_ANN, CASE_CAND, excluded=CASE_EXC, n_bootstrap=0)
+    n = r.nodules
+    assert list(n.columns) == NODULE_COLUMNS and len(n) == 4
+    assert list(n["seriesuid"]) == ["S1", "S1", "S2", "S3"] and list(n["diameter_mm"]) == [10, 6, 8, 5]
+    assert list(n["found"]) == [True, True, True, False]
+    np.testing.assert_allclose(n["probability"], [0.9, 0.5, 0.8, np.nan])
+    assert list(n["rank"]) == [0, 3, 1, -1]
+    np.testing.assert_allclose(n["found_at_fps_per_scan"], [0.0, 2 / 3, 0.0, np.nan])
+    np.testing.assert_allclose(n["nearest_mm"], [1.0, 2.9, 3.9, np.nan])
+    np.testing.assert_allclose(n["nearest_probability"], [0.9, 0.5, 0.8, np.nan])
+    # the rate at which each found nodule counts is where the curve takes it in
+    for rate, prob in zip(n["found_at_fps_per_scan"][:3], n["probability"][:3]):
+        k = int(np.flatnonzero(r.thresholds == prob)[0])
+        assert r.fps[k] == pytest.approx(rate)
 
 
 def test_hand_computed_case_scan_without_anything_counts_in_denominator():
@@ -284,6 +307,12 @@ def test_cli_froc(luna_files, tmp_path, capsys):
     rc = main(["evaluate", "froc", "--annotations", str(a), "--candidates", str(c), "--excluded", str(e),
                "--seriesuids", str(u), "--bootstrap", "0"])
     assert rc == 0 and "CPM       0.6786" in capsys.readouterr().out
+    out_csv = tmp_path / "nodules.csv"
+    rc = main(["evaluate", "froc", "--annotations", str(a), "--candidates", str(c), "--excluded", str(e),
+               "--bootstrap", "0", "--nodules", str(out_csv)])
+    assert rc == 0 and f"nodules: {out_csv} (1 of 4 not found)" in capsys.readouterr().out
+    n = pd.read_csv(out_csv)
+    assert list(n.columns) == NODULE_COLUMNS and list(n["rank"]) == [0, 3, 1, -1]
 
 
 def test_cli_missing_file_is_one_line_exit_1(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """``lungcad evaluate``: the LUNA16 FROC of a candidate file, and patient-level metrics.
 
     lungcad evaluate froc --annotations A --candidates C [--excluded E] [--seriesuids S]
-                          [--plot froc.png] [--json out.json] [--bootstrap N] [--seed K]
+                          [--plot froc.png] [--json out.json] [--nodules nodules.csv]
+                          [--bootstrap N] [--seed K]
     lungcad evaluate patients --labels L --predictions P [--plot calib.png] [--json out.json]
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ def add_parser(sub, parents):
     f.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     f.add_argument("--plot", help="write the FROC curve to this PNG")
     f.add_argument("--json", help="write the results to this JSON file")
+    f.add_argument("--nodules", metavar="CSV",
+                   help="write one row per nodule to this CSV: found or not, the probability and rank "
+                        "of the candidate that hits it, the FP/scan rate from which it counts, and the "
+                        "distance (mm) and probability of the nearest candidate (what a miss is)")
     f.set_defaults(func=run_froc)
 
     q = kinds.add_parser(
@@ -63,7 +68,7 @@ def _usage(args, message: str) -> int:
 
 def run_froc(args: argparse.Namespace) -> int:
     from lungcad.evaluate import (format_froc, froc, plot_froc, read_annotations, read_candidates,
-                                  read_excluded, read_seriesuids, write_json)
+                                  read_excluded, read_seriesuids, write_csv, write_json)
     from lungcad.errors import InputError
 
     if args.bootstrap < 0:
@@ -83,6 +88,10 @@ def run_froc(args: argparse.Namespace) -> int:
     if args.plot:
         plot_froc(result, args.plot)
         print(f"FROC plot: {args.plot}")
+    if args.nodules:
+        missed = int((~result.nodules["found"]).sum())
+        write_csv(result.nodules, args.nodules)
+        print(f"nodules: {args.nodules} ({missed} of {len(result.nodules)} not found)")
     if args.json:
         d = result.to_dict()
         d["inputs"] = {"annotations": args.annotations, "candidates": args.candidates,
