@@ -279,10 +279,12 @@ def _match_scans(ann: pd.DataFrame, cand: pd.DataFrame, exc: pd.DataFrame, uids:
         d2 = _sq_dist(c_xyz, a_xyz)
         hit = d2 < a_r2[None, :]                              # (n_cand, n_nodules)
         on_nodule = hit.any(axis=1)
+        a_d = np.zeros(0) if a is None else a["diameter_mm"].to_numpy(float)
         for j in range(hit.shape[1]):
             m = hit[:, j]
-            best = float(c_p[m].max()) if m.any() else math.nan
-            if m.any():
+            found = bool(m.any())
+            best, rank = (float(c_p[m].max()), int((c_p > c_p[m].max()).sum())) if found else (math.nan, -1)
+            if found:
                 scan_l.append(s)
                 prob_l.append(best)
                 tp_l.append(True)
@@ -290,11 +292,10 @@ def _match_scans(ann: pd.DataFrame, cand: pd.DataFrame, exc: pd.DataFrame, uids:
                 counts["n_ignored_duplicate"] += int(m.sum()) - 1
             else:
                 counts["n_missed"] += 1
-            near = int(np.argmin(d2[:, j])) if len(c_p) else -1
-            rows.append((uid, *a_xyz[j], float(a.iloc[j]["diameter_mm"]), bool(m.any()), best,
-                         int((c_p > best).sum()) if m.any() else -1,
-                         math.sqrt(d2[near, j]) if near >= 0 else math.nan,
-                         float(c_p[near]) if near >= 0 else math.nan))
+            near = int(np.argmin(d2[:, j])) if len(c_p) else None
+            rows.append((uid, *a_xyz[j], a_d[j], found, best, rank,
+                         math.nan if near is None else math.sqrt(d2[near, j]),
+                         math.nan if near is None else float(c_p[near])))
         on_excluded = (_sq_dist(c_xyz, e_xyz) < e_r2[None, :]).any(axis=1) & ~on_nodule
         counts["n_ignored_excluded"] += int(on_excluded.sum())
         fp = ~on_nodule & ~on_excluded
@@ -766,9 +767,9 @@ def plot_calibration(metrics: dict[str, Any], path, *, title: str | None = None)
 
 def write_csv(df: pd.DataFrame, path) -> Path:
     """Write a table as CSV, atomically."""
-    from lungcad.outputs import atomic_write_text
+    from lungcad.outputs import atomic_write_text, csv_text
 
-    atomic_write_text(path, df.to_csv(index=False))
+    atomic_write_text(path, csv_text(df))
     return Path(os.fspath(path))
 
 

@@ -400,9 +400,9 @@ class OutputDir:
         cands = candidates_table(scans)
         patients = patients_table(scans)
         errs = pd.DataFrame(table_records(errors), columns=ERRORS_CSV_COLUMNS)
-        atomic_write_text(self.root / "candidates.csv", _to_csv(cands))
-        atomic_write_text(self.root / "patients.csv", _to_csv(patients))
-        atomic_write_text(self.root / "errors.csv", _to_csv(errs))
+        atomic_write_text(self.root / "candidates.csv", csv_text(cands))
+        atomic_write_text(self.root / "patients.csv", csv_text(patients))
+        atomic_write_text(self.root / "errors.csv", csv_text(errs))
         atomic_write_text(self.root / "report.html", render_report(scans, errors, root=self.root))
 
         this_run = run_info.get("this_run") or {}
@@ -443,7 +443,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return d
 
 
-def _to_csv(df: pd.DataFrame) -> str:
+def csv_text(df: pd.DataFrame) -> str:
+    """``df`` as the CSV text of lungcad's tables (no index, FLOAT_FORMAT, "\\n" line ends)."""
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
     return buf.getvalue()

@@ -42,6 +42,13 @@ def load_keras_model(path: str | Path):
         raise InputError(p, f"not a loadable .keras model: {e}") from e
 
 
+def load_classifier(path: str | Path, config: PipelineConfig):
+    """The FPR network of a ``.keras`` file, checked against ``config``'s ``[fpr]`` section."""
+    model = load_keras_model(path)
+    check_fpr_model(model, config, path)
+    return model
+
+
 def config_views(config: PipelineConfig) -> str:
     """The patches ``[fpr] backbone`` takes (:func:`lungcad.fpr.views_for`), or ConfigError."""
     from lungcad.fpr import views_for
@@ -164,10 +171,7 @@ class Pipeline:
     @property
     def classifier(self):
         if self._classifier is None:
-            path = self.config.resolve_weights(self.config.fpr.weights)
-            model = load_keras_model(path)
-            check_fpr_model(model, self.config, path)
-            self._classifier = model
+            self._classifier = load_classifier(self.config.resolve_weights(self.config.fpr.weights), self.config)
         return self._classifier
 
     @property

@@ -146,19 +146,17 @@ def load_shipped_weights(pipe, files: dict[str, tuple[str, bytes]]) -> None:
     import tempfile
     from pathlib import Path
 
-    from lungcad.pipeline import check_fpr_model, load_keras_model
+    from lungcad.pipeline import load_classifier, load_keras_model
 
     tmp = Path(tempfile.mkdtemp(prefix="lungcad-weights-"))
     try:
         for role, (name, data) in files.items():
             path = tmp / name
             path.write_bytes(data)
-            model = load_keras_model(path)
             if role == "classifier":
-                check_fpr_model(model, pipe.config, path)
-                pipe._classifier = model
+                pipe._classifier = load_classifier(path, pipe.config)
             else:
-                pipe._segmenter = model
+                pipe._segmenter = load_keras_model(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
