@@ -107,7 +107,7 @@ class AggregateConfig:
     top_k: int = 5
     p_leak: float = 0.02
     # (scale, shift) of the noisy-OR's logit, fitted by `lungcad calibrate` on 40 phantoms (seed 779000)
-    calibration: tuple[float, float] = (0.8630, -2.1638)
+    calibration: tuple[float, float] = (1.0275, -1.0104)
 
     def __post_init__(self):
         from lungcad.aggregate import check_calibration

@@ -15,17 +15,17 @@ from lungcad.pipeline import Pipeline
 from lungcad.synthetic import generate_phantom
 
 # Guarded levels (see README "Results"): measured with the shipped weights, minus a margin.
-PHANTOM_MIN_CPM = 0.80              # measured 0.857; issue 5 target: 0.8
-PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 1, 1); issue 5 target: 4
+PHANTOM_MIN_CPM = 0.80              # measured 0.837; issue 5 target: 0.8
+PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 2, 1); issue 5 target: 4
 PETCT_MAX_RANK = 2                  # the same, said as a rank
-PETCT_MIN_PATIENT_PROB = 0.55       # measured A0001 0.72/0.90, A0002 0.86/0.63 with the shipped
-                                    # [aggregate] calibration (0.97/0.99, 0.99/0.96 without); target: 0.5
+PETCT_MIN_PATIENT_PROB = 0.55       # measured A0001 0.67/0.86, A0002 0.64/0.63 with the shipped
+                                    # [aggregate] calibration; target: 0.5
 PETCT_MIN_TUMOUR_SPAN = 0.8         # the tumour's longest candidate spans >= this share of its
                                     # annotated slices: measured 26/9, 18/11, 12/10, 13/8 slices
                                     # (linking by centroid distance alone: 4/9, 6/11, 5/10, 5/8)
 LIDC_MIN_HITS_ANY = 3
 LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 4); issue 5 target: 3
-FPR_MIN_AUC = 0.90                  # measured 0.929 (nodules vs vessel crossings, one view per patch)
+FPR_MIN_AUC = 0.90                  # measured 0.957 (nodules vs vessel crossings, one view per patch)
 
 
 @pytest.fixture(scope="module")
