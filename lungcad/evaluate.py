@@ -283,7 +283,8 @@ def _match_scans(ann: pd.DataFrame, cand: pd.DataFrame, exc: pd.DataFrame, uids:
         for j in range(hit.shape[1]):
             m = hit[:, j]
             found = bool(m.any())
-            best, rank = (float(c_p[m].max()), int((c_p > c_p[m].max()).sum())) if found else (math.nan, -1)
+            best = float(c_p[m].max()) if found else math.nan
+            rank = int((c_p > best).sum()) if found else -1
             if found:
                 scan_l.append(s)
                 prob_l.append(best)
