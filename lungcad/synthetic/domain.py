@@ -150,6 +150,32 @@ class AcquisitionRanges:
     #: reconstruction circle.
     rescale_intercepts: tuple = (-1024.0, -1000.0, 0.0, -8192.0)
     padding_values: tuple = (-1024.0, -2000.0, -3024.0, -1000.0, 0.0)
+    # -- how the factors above are rendered (lungcad.synthetic.scanner) --
+    #: The in-plane MTF is 2^-(f/b)^2-like with an edge-enhancement term:
+    #: MTF(f) = exp(-x) (1 + a x), x = (f/b)^2, b set so that MTF(MTF50) = 0.5.  The overshoot
+    #: ``a`` rises linearly with the MTF50 from ``kernel_overshoot.lo`` at
+    #: ``kernel_overshoot_mtf50.lo`` to ``kernel_overshoot.hi`` at ``kernel_overshoot_mtf50.hi``
+    #: (a > 1 gives an MTF above 1 at mid frequencies: the ringing of sharp kernels).
+    kernel_overshoot: Band = Band(0.0, 2.2)
+    kernel_overshoot_mtf50: Band = Band(0.30, 0.85)
+    #: Noise: NPS(f) ~ f MTF(f)^2 (filtered back-projection).  Its std is ``noise_hu`` times the
+    #: kernel's noise gain, the square root of the NPS integral over that of the reference kernel
+    #: (MTF50 ``noise_reference_mtf50``, a "standard" one), and at most ``max_noise_hu``.  In the
+    #: air outside the body the noise is ``noise_outside`` times that.
+    noise_reference_mtf50: float = 0.36
+    max_noise_hu: float = 220.0
+    noise_outside: float = 0.5
+    #: Slice profile: a box convolved with a Gaussian of sigma ``slice_profile_sigma`` x the box
+    #: width (helical reconstruction), scaled so that its FWHM is the slice thickness.
+    slice_profile_sigma: float = 0.25
+    #: Beam-hardening streaks: width (mm) of the dark band joining two dense bones.
+    streak_width_mm: Band = Band(2.0, 6.0)
+    #: Metal: each item's probability when a patient has metal (at least one is drawn), the HU
+    #: of the metal before the reconstruction (clipped to 3071 by the writer) and the strength
+    #: of its star-like streaks.
+    metal_items_p: dict = field(default_factory=lambda: {"clips": 0.6, "wires": 0.4, "pacemaker": 0.4})
+    metal_hu: Band = Band(8000.0, 20000.0)
+    metal_streak_hu: Band = Band(60.0, 400.0)
 
 
 # ---- disease that is not a nodule -------------------------------------------------------------
@@ -188,6 +214,27 @@ class LesionRanges:
     cavitated_p: float = 0.07
     #: Ground-glass lesions with the vessels running through them.
     ggo_with_vessels_p: float = 0.1
+    # -- how they are drawn (lungcad.synthetic.lesions) --
+    #: Smallest diameter (mm) of each kind.
+    convergent_min_mm: float = 10.0
+    irregular_min_mm: float = 8.0
+    cavitated_min_mm: float = 12.0
+    ggo_with_vessels_min_mm: float = 8.0
+    #: Convergent: vessels (capsules) from the lung around that converge on the lesion, their
+    #: count and radius (mm); pleural retraction (a tag from the lesion to the nearest pleura,
+    #: the pleura pulled in as a small soft-tissue triangle) when the pleura is at most
+    #: ``retraction_max_mm`` from the lesion's surface.
+    convergent_vessels: Band = Band(3, 7)
+    convergent_vessel_mm: Band = Band(0.6, 1.5)
+    retraction_max_mm: float = 45.0
+    #: Cavitated: air HU inside, and the wall thickness over the lesion's radius.
+    cavity_hu: Band = Band(-1000.0, -900.0)
+    cavity_wall: Band = Band(0.2, 0.45)
+    #: Ground glass with vessels through it: count, radius (mm), and HU without contrast
+    #: (with contrast: AcquisitionRanges.contrast_blood_hu).
+    through_vessels: Band = Band(1, 3)
+    through_vessel_mm: Band = Band(0.6, 1.6)
+    through_vessel_hu: Band = Band(20.0, 60.0)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,11 @@ from lungcad.synthetic.raster import Grid, capsule_distance, label_lut, occupanc
 KINDS = ("nodule", "mass")
 TEXTURES = ("solid", "part-solid", "ground-glass", "calcified")
 LOCATIONS = ("isolated", "juxta-pleural", "juxta-vascular", "hilar", "mediastinal")
-SHAPES = ("round", "lobulated", "spiculated")
+SHAPES = ("round", "lobulated", "spiculated", "convergent", "irregular", "cavitated")
+#: Shapes that only the randomised domains draw (any domain can be asked for them):
+#: "convergent" a spiculated lesion with vessel convergence and pleural retraction, "irregular"
+#: non-convex with notches, "cavitated" air inside a thick irregular wall.
+DOMAIN_SHAPES = ("convergent", "irregular", "cavitated")
 
 #: Columns of the lesion table, in order.
 LESION_COLUMNS = ["lesion_id", "patient_id", "seriesuid", "coordX", "coordY", "coordZ", "z", "y", "x",
@@ -26,7 +30,8 @@ LESION_COLUMNS = ["lesion_id", "patient_id", "seriesuid", "coordX", "coordY", "c
                   "shape", "malignancy_prob", "malignant"]
 
 _SOLIDITY = {"solid": 1.0, "part-solid": 0.6, "ground-glass": 0.25}
-_SHAPE_LOGIT = {"round": 0.0, "lobulated": 0.4, "spiculated": 1.0}
+_SHAPE_LOGIT = {"round": 0.0, "lobulated": 0.4, "spiculated": 1.0, "convergent": 1.0, "irregular": 0.7,
+                "cavitated": 0.8}
 #: Smallest diameter (mm) of each texture: a ground-glass or part-solid nodule smaller than this
 #: is not seen as such, and a calcified one is at most 12 mm.
 _TEXTURE_RANGE = {"solid": (1.5, 70.0), "part-solid": (8.0, 70.0), "ground-glass": (6.0, 30.0),
@@ -67,6 +72,8 @@ class LesionSpec:
     location: str
     shape: str
     diameter_mm: float
+    #: Vessels run through the lesion (ground glass over them keeps them bright).
+    through_vessels: bool = False
 
 
 def _check_choice(name, value, allowed):
@@ -81,9 +88,15 @@ def _draw_nodule_diameter(rng, lo, hi) -> float:
 
 
 def complete_spec(rng: np.random.Generator, given: Mapping[str, Any], *,
-                  nodule_diameter_mm=(3.0, 30.0), mass_diameter_mm=(30.0, 70.0)) -> LesionSpec:
-    """Fill the fields that ``given`` leaves out with random draws that respect each other."""
-    unknown = set(given) - {"kind", "texture", "location", "shape", "diameter_mm"}
+                  nodule_diameter_mm=(3.0, 30.0), mass_diameter_mm=(30.0, 70.0),
+                  domain: str = "default") -> LesionSpec:
+    """Fill the fields that ``given`` leaves out with random draws that respect each other.
+
+    With ``domain`` other than "default", the kinds of :class:`~lungcad.synthetic.domain.LesionRanges`
+    (convergent, irregular, cavitated, ground glass with vessels through it) are drawn too, at
+    their shares, when ``given`` leaves the shape free.
+    """
+    unknown = set(given) - {"kind", "texture", "location", "shape", "diameter_mm", "through_vessels"}
     if unknown:
         raise ValueError(f"lesion spec keys expected among kind, texture, location, shape, diameter_mm. "
                          f"Received unknown keys {sorted(unknown)}")
@@ -143,7 +156,7 @@ def complete_spec(rng: np.random.Generator, given: Mapping[str, Any], *,
 
 def draw_specs(rng: np.random.Generator, *, n_nodules=None, n_masses=None, n_micronodules=None,
                lesions: Sequence[Mapping[str, Any]] | None = None, nodule_diameter_mm=(3.0, 30.0),
-               mass_diameter_mm=(30.0, 70.0)) -> list[LesionSpec]:
+               mass_diameter_mm=(30.0, 70.0), domain: str = "default") -> list[LesionSpec]:
     """The lesions of one patient.
 
     With ``lesions`` given, exactly those (missing fields drawn).  Otherwise the counts: about 30 %
@@ -151,6 +164,8 @@ def draw_specs(rng: np.random.Generator, *, n_nodules=None, n_masses=None, n_mic
     micro-nodules below 3 mm.  ``n_nodules``, ``n_masses`` and ``n_micronodules`` force the counts.
     """
     kw = dict(nodule_diameter_mm=nodule_diameter_mm, mass_diameter_mm=mass_diameter_mm)
+    if domain != "default":
+        kw["domain"] = domain
     if lesions is not None:
         return [complete_spec(rng, dict(g), **kw) for g in lesions]
     has_mass = rng.random() < 0.30
@@ -205,8 +220,15 @@ class LesionGeometry:
         return float(max(e))
 
 
-def build_geometry(rng: np.random.Generator, spec: LesionSpec, centre, *, contrast: bool) -> LesionGeometry:
-    """Random shape and HU of a lesion of ``spec`` at ``centre`` (world xyz)."""
+def build_geometry(rng: np.random.Generator, spec: LesionSpec, centre, *, contrast: bool,
+                   ctx: "PlacementContext | None" = None) -> LesionGeometry:
+    """Random shape and HU of a lesion of ``spec`` at ``centre`` (world xyz).
+
+    With ``ctx`` (the anatomy around ``centre``), the parts that depend on it are added
+    (:func:`contextualize`): a convergent lesion's vessels from the lung around it and its
+    pleural retraction.  Without it, build at any centre, :func:`place`, translate, then call
+    :func:`contextualize` on the placed geometry.
+    """
     c = np.asarray(centre, dtype=float)
     R = 0.5 * spec.diameter_mm
     enh = float(rng.uniform(15.0, 35.0)) if contrast else 0.0
@@ -581,3 +603,11 @@ def place(rng: np.random.Generator, ctx: PlacementContext, spec: LesionSpec, ext
                 continue
         return c
     return None
+
+
+def contextualize(rng: np.random.Generator, geom: LesionGeometry, spec: LesionSpec,
+                  ctx: PlacementContext) -> LesionGeometry:
+    """Add what depends on the anatomy around a placed lesion: for a "convergent" one, vessels
+    from the surrounding lung that converge on it and a pleural tag to the nearest pleura,
+    which is pulled in.  Other shapes are returned unchanged (no random draw)."""
+    return geom

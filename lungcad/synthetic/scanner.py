@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from lungcad.synthetic import domain as _dom
+
 
 @dataclass
 class Scanner:
@@ -19,10 +21,44 @@ class Scanner:
     noise_hu: float         # standard deviation of the noise inside the body (soft kernel)
     kernel: str             # "soft" or "sharp"
     edge_gain: float        # edge enhancement of a sharp kernel (0 for soft)
+    # ---- domain randomisation (draw_scanner_domain); the defaults are the default domain's ----
+    domain: str = "default"
+    kernel_family: str = ""         # a key of domain.KERNEL_FAMILIES
+    mtf50_lpmm: float = 0.0         # frequency (lp/mm) where the in-plane MTF falls to 0.5
+    overshoot: float = 0.0          # edge-enhancement term of the MTF (see kernel_mtf)
+    noise_gain: float = 1.0         # noise std of this kernel over that of the reference kernel
+    slice_thickness_mm: float = 0.0     # FWHM of the slice profile
+    increment_mm: float = 0.0           # distance between reconstructed slices
+    contrast: bool = False
+    blood_hu: float = 0.0               # HU of contrast-enhanced blood (0: no contrast)
+    streak_hu: float = 0.0              # beam-hardening streak strength (0: none)
+    metal: tuple = ()                   # among "clips", "wires", "pacemaker"
+    metal_hu: float = 0.0
+    metal_streak_hu: float = 0.0
+    motion_mm: float = 0.0              # cardiac / respiratory motion amplitude (0: none)
+    rescale_intercept: float = -1024.0  # as stored (the writer's RescaleIntercept)
+    padding_value: float = -1024.0      # pixel padding outside the reconstruction circle
+
+    @property
+    def noise_sd_hu(self) -> float:
+        """Noise standard deviation in soft tissue after the kernel (domain path)."""
+        return float(min(self.noise_hu * self.noise_gain, _dom.RANDOMIZED.acquisition.max_noise_hu))
 
     def meta(self) -> dict:
-        return {"psf_mm": round(self.psf_mm, 3), "noise_hu": round(self.noise_hu, 2),
-                "kernel_type": self.kernel, "edge_gain": round(self.edge_gain, 3)}
+        m = {"psf_mm": round(self.psf_mm, 3), "noise_hu": round(self.noise_hu, 2),
+             "kernel_type": self.kernel, "edge_gain": round(self.edge_gain, 3)}
+        if self.domain == "default":
+            return m
+        m.update({"domain": self.domain, "kernel_family": self.kernel_family,
+                  "mtf50_lpmm": round(self.mtf50_lpmm, 4), "kernel_overshoot": round(self.overshoot, 3),
+                  "noise_gain": round(self.noise_gain, 3), "noise_sd_hu": round(self.noise_sd_hu, 2),
+                  "slice_thickness_mm": round(self.slice_thickness_mm, 3),
+                  "increment_mm": round(self.increment_mm, 3), "contrast": bool(self.contrast),
+                  "blood_hu": round(self.blood_hu, 1), "streak_hu": round(self.streak_hu, 1),
+                  "metal": list(self.metal), "metal_hu": round(self.metal_hu, 1),
+                  "metal_streak_hu": round(self.metal_streak_hu, 1), "motion_mm": round(self.motion_mm, 2),
+                  "rescale_intercept": float(self.rescale_intercept), "padding_value": float(self.padding_value)})
+        return m
 
 
 def draw_scanner(rng: np.random.Generator, *, noise_hu=None, psf_mm=None, kernel=None) -> Scanner:
@@ -99,3 +135,23 @@ def acquire(vol: np.ndarray, labels: np.ndarray, scanner: Scanner, *, pixel_mm: 
             smooth -= block
             smooth *= -scanner.edge_gain
             block += smooth
+
+
+# ---- domain randomisation (domains "randomized" and "shifted") ---------------------------------
+
+def draw_scanner_domain(rng: np.random.Generator, domain: str) -> Scanner:
+    """Per-patient scanner of a randomised domain: every range from
+    :data:`lungcad.synthetic.domain.RANDOMIZED` ``.acquisition``, the held-out bands respected
+    (``randomized`` never draws them, ``shifted`` always does)."""
+    raise NotImplementedError
+
+
+def reconstruct_slices(fine_hu: np.ndarray, fine_z_mm, slice_z_mm, thickness_mm: float) -> np.ndarray:
+    """Slices (nz, ny, nx) float32 reconstructed from fine sub-slices with a real slice profile."""
+    raise NotImplementedError
+
+
+def acquire_domain(img: np.ndarray, labels: np.ndarray, organs: np.ndarray | None, scanner: Scanner, *,
+                   pixel_mm: float, spacing, rng: np.random.Generator) -> None:
+    """Kernel, matching noise, streaks, metal and motion, in place on ``img`` (z, y, x) HU."""
+    raise NotImplementedError
