@@ -51,6 +51,13 @@ def test_default_acquire_and_slice_profile_unchanged(kernel, digest):
     assert _h(slice_profile(fine.copy(), 1)) == SLICE1
 
 
+def test_default_phantom_unchanged():
+    from lungcad.synthetic.phantom import generate_phantom
+
+    ph = generate_phantom(seed=5, shape=(24, 64, 64), spacing=(5.0, 4.0, 4.0), n_nodules=3, n_masses=1)
+    assert _h(ph.volume.hu) == "a8bc9ffeeb07e510"          # recorded with the code of ea36447
+
+
 # ---- kernels and their noise ----------------------------------------------------------------------
 
 def _domain_scanner(mtf50, noise=20.0, **kw):
@@ -251,3 +258,172 @@ ACQ_SOFT = "fb620c28b30adcc3"
 ACQ_SHARP = "403b217d05b600c3"
 SLICE3 = "889a0c3d5fd32438"
 SLICE1 = "2f23d7eb7f34e22f"
+
+
+# ---- the lesions of the randomised domains --------------------------------------------------------
+
+from lungcad.synthetic.lesions import (DOMAIN_SHAPES, SHAPES, LesionSpec, PlacementContext,  # noqa: E402
+                                       build_geometry, complete_spec, contextualize, draw_specs,
+                                       malignancy_probability, paint_lesion, place)
+from lungcad.synthetic.raster import Grid  # noqa: E402
+
+WALL_X = 20.0          # the pleura on the +x side of the toy lung (mm)
+
+
+def _toy_ctx():
+    """A lung slab (x < 20 mm) with chest wall beyond, and one vessel along y at x = -12."""
+    from scipy import ndimage as ndi
+
+    g = Grid((-32.0, -32.0, -24.0), (1.0, 0.8, 0.8), (48, 80, 80))
+    z, y, x = np.meshgrid(g.z, g.y, g.x, indexing="ij")
+    lab = np.full(g.shape, BODY, np.uint8)
+    lab[(x < WALL_X) & (x > -30) & (np.abs(y) < 30) & (np.abs(z) < 22)] = LUNG
+    hu = np.where(lab == LUNG, -850.0, 40.0).astype(np.float32)
+    vessel = ((x + 12.0) ** 2 + (z - 2.0) ** 2 <= 2.0 ** 2) & (lab == LUNG)
+    lab[vessel], hu[vessel] = VESSEL, 40.0
+    clab = np.where(lab == VESSEL, LUNG, lab).astype(np.uint8)
+    wall = np.isin(clab, [BODY, BONE, OUTSIDE])
+    d_wall, i_wall = ndi.distance_transform_edt(~wall, sampling=g.spacing, return_indices=True)
+    d_med, i_med = ndi.distance_transform_edt(np.ones_like(wall), sampling=g.spacing, return_indices=True)
+    ys = np.arange(-28.0, 28.0, 1.5)
+    pts = np.stack([np.full_like(ys, -12.0), ys, np.full_like(ys, 2.0)], axis=1)
+    ctx = PlacementContext(coarse=g, coarse_labels=clab, d_wall=d_wall, i_wall=i_wall, d_med=d_med, i_med=i_med,
+                           fine=g, fine_labels=lab, z_range=(float(g.z[0]), float(g.z[-1])), hilar_z=(-5.0, 5.0),
+                           vessel_pts=pts, vessel_r=np.full(len(ys), 2.0),
+                           vessel_dir=np.tile([0.0, 1.0, 0.0], (len(ys), 1)))
+    return g, hu, lab, ctx
+
+
+def _paint(spec, centre=(0.0, 0.0, 0.0), seed=0, ctx_too=True):
+    g, hu, lab, ctx = _toy_ctx()
+    geom = build_geometry(np.random.default_rng(seed), spec, np.asarray(centre, float), contrast=False,
+                          ctx=ctx if ctx_too else None)
+    info = paint_lesion(g, hu, lab, geom, allowed=[LUNG, VESSEL])
+    return g, hu, lab, geom, info
+
+
+def _world(g, idx):
+    return g.to_world(np.asarray(idx, float))
+
+
+def test_cavitated_has_air_inside_and_its_volume_includes_the_cavity():
+    from scipy.spatial import Delaunay
+
+    spec = LesionSpec("nodule", "solid", "isolated", "cavitated", 20.0)
+    g, hu, lab, geom, info = _paint(spec, ctx_too=False)
+    les = lab == LESION
+    air = les & (hu < -880)
+    wall = les & (hu > -300)
+    vox = float(np.prod(g.spacing))
+    assert air.sum() * vox > 0.05 * info["volume_mm3"]
+    hull = Delaunay(np.argwhere(wall))
+    assert (hull.find_simplex(np.argwhere(air)) >= 0).mean() > 0.95          # the air is inside the wall
+    assert geom.hu_cavity <= -900 and geom.hu_cavity >= -1000
+    assert info["volume_mm3"] >= 0.95 * les.sum() * vox                       # whole lesion, cavity included
+    d_eq = (6.0 * info["volume_mm3"] / np.pi) ** (1 / 3)
+    assert abs(d_eq / 20.0 - 1.0) < 0.2
+
+
+def test_irregular_is_not_convex():
+    from scipy import ndimage as ndi
+    from scipy.spatial import ConvexHull
+
+    spec = LesionSpec("nodule", "solid", "isolated", "irregular", 22.0)
+    sol = []
+    for seed in range(3):
+        g, hu, lab, geom, info = _paint(spec, seed=seed, ctx_too=False)
+        assert geom.notches
+        assert ndi.label(lab == LESION)[1] == 1                  # one lesion, not scattered blobs
+        pts = np.argwhere(lab == LESION) * np.asarray(g.spacing)
+        sol.append(len(pts) * float(np.prod(g.spacing)) / ConvexHull(pts).volume)
+    assert np.mean(sol) < 0.85, sol
+    ref = _paint(LesionSpec("nodule", "solid", "isolated", "round", 22.0), ctx_too=False)
+    pts = np.argwhere(ref[2] == LESION) * np.asarray(ref[0].spacing)
+    assert len(pts) * float(np.prod(ref[0].spacing)) / ConvexHull(pts).volume > 0.9
+
+
+def test_ground_glass_keeps_the_vessels_running_through_it_bright():
+    spec = LesionSpec("nodule", "ground-glass", "isolated", "round", 16.0, through_vessels=True)
+    g, hu, lab, geom, info = _paint(spec, centre=(-2.0, 0.0, -4.0))
+    vessels = [e for e in geom.extras if e[5] == VESSEL]
+    assert vessels
+    inside_v, outside_v = [], []
+    for a, b, ra, rb, v, _ in vessels:
+        for t in np.linspace(0.0, 1.0, 41):
+            p = geom.centre + a + t * (b - a)
+            idx = tuple(np.rint(g.to_index(p)).astype(int))
+            if any(i < 0 or i >= n for i, n in zip(idx, g.shape)):
+                continue
+            (inside_v if lab[idx] == LESION else outside_v).append((hu[idx], lab[idx]))
+    assert len(inside_v) >= 5 and len(outside_v) >= 5
+    assert min(h for h, _ in inside_v) > -250            # bright inside the ground glass
+    assert sum(lb == VESSEL for _, lb in outside_v) >= 0.8 * len(outside_v)
+    ggo = (lab == LESION) & (hu < -300)
+    assert ggo.sum() > 0.5 * (lab == LESION).sum()        # the rest is ground glass
+    assert -800 < np.median(hu[ggo]) < -350
+
+
+def test_convergent_has_vessels_and_a_pleural_tag():
+    spec = LesionSpec("nodule", "part-solid", "isolated", "convergent", 14.0)
+    g, hu, lab, geom, info = _paint(spec)
+    R = 7.0
+    vessels = [e for e in geom.extras if e[5] == VESSEL]
+    assert len(vessels) >= 3
+    for a, b, *_ in vessels:                       # from the lung around, to the lesion's surface
+        assert np.linalg.norm(a) > R + 3.0 and np.linalg.norm(b) <= R
+    # at least one converging vessel comes from the patient's vessel at x = -12
+    assert any(abs(geom.centre[0] + a[0] + 12.0) < 0.5 for a, *_ in vessels)
+    tags = [e for e in geom.extras if e[5] is None]
+    pulled = [e for e in geom.extras if e[5] == BODY]
+    assert len(tags) == 1 and len(pulled) == 1
+    end = geom.centre + tags[0][1]
+    assert abs(end[0] - WALL_X) < 2.5 and abs(end[1]) < 1 and abs(end[2]) < 1    # reaches the pleura
+    # drawn: soft tissue along the tag between lesion and wall, and the pleura pulled in (body label)
+    mid = tuple(np.rint(g.to_index(geom.centre + 0.6 * tags[0][0] + 0.4 * tags[0][1])).astype(int))
+    assert hu[mid] > -600 and lab[mid] == LUNG
+    near = tuple(np.rint(g.to_index([WALL_X - 1.5, 0.0, 0.0])).astype(int))
+    assert lab[near] == BODY
+    assert (lab == LESION).sum() > 0 and malignancy_probability(14.0, "part-solid", "convergent") > \
+        malignancy_probability(14.0, "part-solid", "round")
+
+
+def test_domain_lesion_kinds_are_drawn_at_their_shares_and_never_by_default():
+    rng = np.random.default_rng(0)
+    specs = [complete_spec(rng, {"kind": "nodule"}, domain="randomized") for _ in range(1500)]
+    share = {k: np.mean([s.shape == k for s in specs]) for k in DOMAIN_SHAPES}
+    share["ggo"] = np.mean([s.through_vessels for s in specs])
+    L = dom.RANDOMIZED.lesions
+    for k, p in (("convergent", L.convergent_p), ("irregular", L.irregular_p), ("cavitated", L.cavitated_p),
+                 ("ggo", L.ggo_with_vessels_p)):
+        assert abs(share[k] - p) < 0.03, (k, share[k])
+    for s in specs:
+        assert s.kind in ("nodule", "mass") and s.shape in SHAPES
+        p = malignancy_probability(s.diameter_mm, s.texture, s.shape)
+        assert 0.0 < p < 1.0
+        if s.shape == "cavitated":
+            assert s.texture == "solid" and s.diameter_mm >= L.cavitated_min_mm
+        if s.through_vessels:
+            assert s.texture in ("ground-glass", "part-solid")
+    a = draw_specs(np.random.default_rng(4), n_nodules=6, n_masses=2)
+    b = draw_specs(np.random.default_rng(4), n_nodules=6, n_masses=2, domain="default")
+    assert a == b and not any(s.shape in DOMAIN_SHAPES or s.through_vessels for s in a)
+    # given fields are respected
+    for _ in range(50):
+        s = complete_spec(rng, {"texture": "calcified"}, domain="randomized")
+        assert s.shape == "round" and not s.through_vessels
+
+
+def test_domain_lesions_can_be_placed():
+    g, hu, lab, ctx = _toy_ctx()
+    rng = np.random.default_rng(3)
+    for shape in DOMAIN_SHAPES:
+        spec = LesionSpec("nodule", "solid", "isolated", shape, 10.0)
+        geom0 = build_geometry(rng, spec, np.zeros(3), contrast=True)
+        c = place(rng, ctx, spec, geom0.extent / 5.0)
+        assert c is not None and ctx.in_lung(c)
+        geom = contextualize(rng, dataclasses.replace(geom0, centre=geom0.centre + c,
+                                                      spheres=[(p + c, r) for p, r in geom0.spheres],
+                                                      spikes=[(a + c, b + c, r0, r1) for a, b, r0, r1 in geom0.spikes]),
+                             spec, ctx)
+        info = paint_lesion(g, hu, lab, geom, allowed=[LUNG, VESSEL])
+        assert info is not None and np.linalg.norm(info["centre"] - c) < 5.0

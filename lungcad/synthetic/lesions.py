@@ -12,8 +12,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lungcad.synthetic import domain as _dom
 from lungcad.synthetic.anatomy import AIRWAY_FLAG, LESION, LUNG, MEDIASTINUM, VESSEL, BODY, BONE, OUTSIDE
-from lungcad.synthetic.raster import Grid, capsule_distance, label_lut, occupancy_from_distance, paint
+from lungcad.synthetic.raster import Grid, capsule_distance, label_lut, occupancy_from_distance, paint, paint_capsules
 
 KINDS = ("nodule", "mass")
 TEXTURES = ("solid", "part-solid", "ground-glass", "calcified")
@@ -98,8 +99,10 @@ def complete_spec(rng: np.random.Generator, given: Mapping[str, Any], *,
     """
     unknown = set(given) - {"kind", "texture", "location", "shape", "diameter_mm", "through_vessels"}
     if unknown:
-        raise ValueError(f"lesion spec keys expected among kind, texture, location, shape, diameter_mm. "
-                         f"Received unknown keys {sorted(unknown)}")
+        raise ValueError(f"lesion spec keys expected among kind, texture, location, shape, diameter_mm, "
+                         f"through_vessels. Received unknown keys {sorted(unknown)}")
+    if _dom.check_domain(domain) != "default" and given.get("shape") is None and not given.get("through_vessels"):
+        given = _draw_domain_kind(rng, given, nodule_diameter_mm, mass_diameter_mm)
     kind = given.get("kind")
     d = given.get("diameter_mm")
     if kind is None:
@@ -151,7 +154,57 @@ def complete_spec(rng: np.random.Generator, given: Mapping[str, Any], *,
             options, p = ("isolated", "juxta-pleural", "juxta-vascular", "hilar"), [0.4, 0.3, 0.25, 0.05]
             location = options[int(rng.choice(4, p=p))]
     _check_choice("location", location, LOCATIONS)
-    return LesionSpec(kind, texture, location, shape, d)
+    return LesionSpec(kind, texture, location, shape, d, bool(given.get("through_vessels", False)))
+
+
+def _draw_domain_kind(rng, given: Mapping[str, Any], nodule_diameter_mm, mass_diameter_mm) -> dict:
+    """With the shares of :class:`~lungcad.synthetic.domain.LesionRanges`, turn a free spec into
+    one of the randomised domains' kinds (fields that ``given`` fixes are kept; a kind that
+    they rule out is not drawn)."""
+    L = _dom.RANDOMIZED.lesions
+    u = float(rng.random())
+    kinds = (("convergent", L.convergent_p), ("irregular", L.irregular_p), ("cavitated", L.cavitated_p),
+             ("ggo", L.ggo_with_vessels_p))
+    pick = None
+    for name, p in kinds:
+        if u < p:
+            pick = name
+            break
+        u -= p
+    if pick is None:
+        return dict(given)
+    out = dict(given)
+    texture, d = given.get("texture"), given.get("diameter_mm")
+    kind = given.get("kind") or ("mass" if d is not None and float(d) > 30.0 else "nodule")
+    if pick == "convergent":
+        ok, tex, lo_mm = ("part-solid", "solid"), ("part-solid" if rng.random() < 0.7 else "solid"), L.convergent_min_mm
+    elif pick == "irregular":
+        ok, tex, lo_mm = ("solid", "part-solid"), ("solid" if rng.random() < 0.6 else "part-solid"), L.irregular_min_mm
+    elif pick == "cavitated":
+        ok, tex, lo_mm = ("solid",), "solid", L.cavitated_min_mm
+    else:
+        if kind == "mass":
+            return out
+        ok, tex, lo_mm = ("ground-glass", "part-solid"), ("ground-glass" if rng.random() < 0.7 else "part-solid"), \
+            L.ggo_with_vessels_min_mm
+    if texture is not None and texture not in ok:
+        return out
+    texture = texture or tex
+    lo, hi = mass_diameter_mm if kind == "mass" else nodule_diameter_mm
+    hi = min(hi, _TEXTURE_RANGE[texture][1])
+    lo = max(lo, lo_mm, _TEXTURE_RANGE[texture][0])
+    if d is None:
+        if lo > hi:
+            return out
+        d = float(rng.uniform(lo, hi))
+    elif float(d) < lo_mm:
+        return out
+    out.update(kind=kind, texture=texture, diameter_mm=float(d))
+    if pick == "ggo":
+        out["through_vessels"] = True
+    else:
+        out["shape"] = pick
+    return out
 
 
 def draw_specs(rng: np.random.Generator, *, n_nodules=None, n_masses=None, n_micronodules=None,
@@ -211,6 +264,13 @@ class LesionGeometry:
     blend_mm: float = 0.0              # smooth union of the spheres over this distance
     texture_hu: float = 0.0            # amplitude of the internal density variation
     texture_seed: int = 0
+    # ---- randomised domains; positions relative to ``centre`` (so that moving the centre moves them)
+    notches: list = field(default_factory=list)     # [(offset, radius)] carved out of the body
+    cavity: list = field(default_factory=list)      # [(offset, radius)] air inside (part of the lesion)
+    hu_cavity: float = -1000.0
+    #: capsules drawn before the lesion, outside its label: [(a_off, b_off, ra, rb, hu, label or None)]
+    #: (vessels converging or running through, a pleural tag and the pleura pulled in)
+    extras: list = field(default_factory=list)
 
     @property
     def extent(self) -> float:
@@ -236,7 +296,10 @@ def build_geometry(rng: np.random.Generator, spec: LesionSpec, centre, *, contra
     g = LesionGeometry(centre=c, spheres=[], hu_body=solid, hu_core=solid,
                        hu_halo=float(rng.uniform(-620.0, -470.0)),
                        texture_hu=float(rng.uniform(8.0, 25.0)), texture_seed=int(rng.integers(2 ** 31)))
-    if spec.shape == "round" or R < 2.0:
+    shape = "spiculated" if spec.shape == "convergent" else spec.shape
+    if shape in ("irregular", "cavitated"):
+        _irregular_body(rng, g, spec, c, R)
+    elif shape == "round" or R < 2.0:
         g.spheres.append((c, R))
         if R >= 2.0:
             g.spheres.append((c + _unit(rng) * 0.12 * R, 0.92 * R))
@@ -261,7 +324,7 @@ def build_geometry(rng: np.random.Generator, spec: LesionSpec, centre, *, contra
         for d in _unit(rng, int(rng.integers(3, 7))):
             r = R * float(rng.uniform(0.4, 0.62))
             g.spheres.append((c + d * (R - r) * float(rng.uniform(0.75, 1.0)), r))
-    if spec.shape == "spiculated":
+    if shape == "spiculated":
         n_sp = int(rng.integers(8, 21)) if spec.kind == "nodule" else int(rng.integers(14, 31))
         r_core = 0.85 * R
         for d in _unit(rng, n_sp):
@@ -292,10 +355,81 @@ def build_geometry(rng: np.random.Generator, spec: LesionSpec, centre, *, contra
     elif spec.texture == "calcified":
         g.core = (c, 0.78 * R)
         g.hu_core = float(rng.uniform(400.0, 950.0))
-    elif spec.kind == "mass" and R > 20.0:
+    elif spec.kind == "mass" and R > 20.0 and shape != "cavitated":
         g.core = (c + _unit(rng) * 0.1 * R, 0.4 * R)
         g.hu_core = float(rng.uniform(0.0, 20.0))
-    return _calibrate(rng, g, R)
+    if spec.shape not in DOMAIN_SHAPES and not spec.through_vessels:
+        return _calibrate(rng, g, R)
+    g = _calibrate(rng, g, R)
+    if spec.through_vessels:
+        _through_vessels(rng, g, R, contrast)
+    if spec.shape == "convergent":
+        _converging_vessels(rng, g, R, contrast)
+    if ctx is not None:
+        g = contextualize(rng, g, spec, ctx)
+    return g
+
+
+def _vessel_hu(rng, contrast: bool) -> float:
+    b = _dom.RANDOMIZED.acquisition.contrast_blood_hu if contrast else _dom.RANDOMIZED.lesions.through_vessel_hu
+    return _dom.band_uniform(rng, b)
+
+
+def _irregular_body(rng, g: LesionGeometry, spec: LesionSpec, c, R: float) -> None:
+    """Non-convex body: a core and lobes scattered widely, with notches carved into the surface;
+    "cavitated": a thick irregular wall round an off-centre, irregular air cavity."""
+    L = _dom.RANDOMIZED.lesions
+    g.blend_mm = 0.1 * R
+    if spec.shape == "irregular":
+        g.spheres.append((c, 0.5 * R))
+        dirs = _unit(rng, int(rng.integers(4, 8)))
+        for d in dirs:
+            r = R * float(rng.uniform(0.3, 0.5))
+            g.spheres.append((c + d * (0.5 * R + r) * float(rng.uniform(0.6, 0.85)), r))   # overlaps the core
+        for _ in range(int(rng.integers(2, 5))):
+            v = _unit(rng) - 0.7 * dirs[int(rng.integers(len(dirs)))]       # between lobes
+            v /= max(np.linalg.norm(v), 1e-6)
+            g.notches.append((v * R * float(rng.uniform(0.75, 1.0)), R * float(rng.uniform(0.35, 0.55))))
+        return
+    main = 0.75 * R
+    g.spheres.append((c, main))
+    for d in _unit(rng, int(rng.integers(4, 8))):
+        r = R * float(rng.uniform(0.4, 0.6))
+        g.spheres.append((c + d * (main - 0.4 * r) * float(rng.uniform(0.8, 1.0)), r))
+    wall = _dom.band_uniform(rng, L.cavity_wall) * R
+    rc = max(main - wall, 0.25 * main)
+    off = _unit(rng) * float(rng.uniform(0.3, 0.9)) * (main - rc)
+    g.cavity.append((off, rc))
+    for d in _unit(rng, int(rng.integers(1, 4))):             # an irregular inner wall
+        r = rc * float(rng.uniform(0.45, 0.75))
+        g.cavity.append((off + d * (rc - r) * float(rng.uniform(0.5, 1.0)), r))
+    g.hu_cavity = _dom.band_uniform(rng, L.cavity_hu)
+
+
+def _through_vessels(rng, g: LesionGeometry, R: float, contrast: bool) -> None:
+    """Vessels that run through the lesion and on into the lung on both sides."""
+    L = _dom.RANDOMIZED.lesions
+    for _ in range(int(rng.integers(int(L.through_vessels.lo), int(L.through_vessels.hi) + 1))):
+        u = _unit(rng)
+        m = np.cross(u, _unit(rng))
+        m /= max(np.linalg.norm(m), 1e-6)
+        off = m * R * float(rng.uniform(0.0, 0.35))
+        half = R * float(rng.uniform(1.6, 2.5))
+        rv = _dom.band_uniform(rng, L.through_vessel_mm)
+        g.extras.append((off - u * half, off + u * half, 1.1 * rv, 0.85 * rv, _vessel_hu(rng, contrast), VESSEL))
+
+
+def _converging_vessels(rng, g: LesionGeometry, R: float, contrast: bool, ends=None) -> None:
+    """Vessels from the lung around that converge on the lesion: from ``ends`` (offsets from the
+    centre, for example points of the patient's vessels) or from random points 2.5-4 radii away."""
+    L = _dom.RANDOMIZED.lesions
+    if ends is None:
+        n = int(rng.integers(int(L.convergent_vessels.lo), int(L.convergent_vessels.hi) + 1))
+        ends = [d * R * float(rng.uniform(2.5, 4.0)) for d in _unit(rng, n)]
+    for e in ends:
+        u = e / max(np.linalg.norm(e), 1e-6)
+        r = _dom.band_uniform(rng, L.convergent_vessel_mm)
+        g.extras.append((np.asarray(e, dtype=float), u * 0.8 * R, r, 0.7 * r, _vessel_hu(rng, contrast), VESSEL))
 
 
 def _soft_min(d: list, k: float):
@@ -318,6 +452,8 @@ def _inside(geom: "LesionGeometry", p: np.ndarray) -> np.ndarray:
     """Whether points (N, 3) are inside the lesion (spheres, spikes, halo)."""
     d = [np.linalg.norm(p - c, axis=1) - r for c, r in geom.spheres]
     inside = _soft_min(d, geom.blend_mm) <= 0
+    for o, r in geom.notches:
+        inside &= np.sum((p - geom.centre - o) ** 2, axis=1) > r * r
     for c, r in geom.halo:
         inside |= np.sum((p - c) ** 2, axis=1) <= r * r
     for a, b, r0, r1 in geom.spikes:
@@ -344,6 +480,9 @@ def _calibrate(rng: np.random.Generator, g: "LesionGeometry", R: float, n: int =
     g.spikes = [(c + (a - c) * s, c + (b - c) * s, r0, r1) for a, b, r0, r1 in g.spikes]
     if g.core is not None:
         g.core = (c + (g.core[0] - c) * s, g.core[1] * s)
+    if g.notches or g.cavity:
+        g.notches = [(o * s, r * s) for o, r in g.notches]
+        g.cavity = [(o * s, r * s) for o, r in g.cavity]
     return g
 
 
@@ -394,6 +533,9 @@ def lesion_fields(grid: Grid, geom: LesionGeometry):
         return None
     edge = grid.edge_mm
     occ = occupancy_from_distance(_spheres_sdf(grid, sl, geom.spheres, geom.blend_mm), edge)
+    if geom.notches:
+        notch = [(geom.centre + o, r) for o, r in geom.notches]
+        occ *= 1.0 - occupancy_from_distance(_spheres_sdf(grid, sl, notch), edge)
     value = np.full(occ.shape, geom.hu_body, dtype=np.float32)
     keep = np.full(occ.shape, geom.ggo_body, dtype=bool)
     for a, b, r0, r1 in geom.spikes:
@@ -410,10 +552,18 @@ def lesion_fields(grid: Grid, geom: LesionGeometry):
         oc = occupancy_from_distance(_spheres_sdf(grid, sl, [geom.core]), edge)
         value += oc * (geom.hu_core - value)
         keep &= oc < 0.5
+    ocav = None
+    if geom.cavity:
+        cav = [(geom.centre + o, r) for o, r in geom.cavity]
+        ocav = occupancy_from_distance(_spheres_sdf(grid, sl, cav, 0.1 * cav[0][1]), edge)
+        value += ocav * (np.float32(geom.hu_cavity) - value)
+        keep &= ocav < 0.5          # the air of a cavity darkens what it covers
     if geom.texture_hu > 0:
         tex = _texture(geom, occ.shape, grid.spacing)
         # ground glass is more heterogeneous than solid tissue
         amp = np.where(keep, np.float32(max(geom.texture_hu, 60.0)), np.float32(geom.texture_hu))
+        if ocav is not None:
+            amp = amp * (1.0 - ocav)
         value += amp * tex
     return sl, occ, value, keep
 
@@ -424,6 +574,8 @@ def paint_lesion(grid: Grid, hu: np.ndarray, labels: np.ndarray, geom: LesionGeo
     ``allowed`` is the set of label values the lesion may cover (it is clipped elsewhere, for
     example at the chest wall).  Voxels with occupancy >= 0.5 get the lesion label.
     """
+    if geom.extras:
+        _paint_extras(grid, hu, labels, geom)
     f = lesion_fields(grid, geom)
     if f is None:
         return None
@@ -440,6 +592,15 @@ def paint_lesion(grid: Grid, hu: np.ndarray, labels: np.ndarray, geom: LesionGeo
                     float((w.sum(axis=(1, 2)) * zc).sum())]) / total
     volume = total * float(np.prod(grid.spacing))
     return {"sl": sl, "mask": mask, "volume_mm3": volume, "centre": com}
+
+
+def _paint_extras(grid: Grid, hu: np.ndarray, labels: np.ndarray, geom: LesionGeometry) -> None:
+    """The capsules of ``geom.extras`` over lung voxels only (vessels labelled VESSEL, the pleura
+    pulled in BODY, a pleural tag HU only)."""
+    lut = label_lut(_LUNG_SET)
+    for a, b, ra, rb, v, lab in geom.extras:
+        paint_capsules(grid, hu, labels, geom.centre + a, geom.centre + b, ra, rb, v,
+                       hu_allowed=lut.astype(np.float32), label=lab, label_allowed=None if lab is None else lut)
 
 
 # ---- placement --------------------------------------------------------------------------------
@@ -607,7 +768,66 @@ def place(rng: np.random.Generator, ctx: PlacementContext, spec: LesionSpec, ext
 
 def contextualize(rng: np.random.Generator, geom: LesionGeometry, spec: LesionSpec,
                   ctx: PlacementContext) -> LesionGeometry:
-    """Add what depends on the anatomy around a placed lesion: for a "convergent" one, vessels
-    from the surrounding lung that converge on it and a pleural tag to the nearest pleura,
-    which is pulled in.  Other shapes are returned unchanged (no random draw)."""
-    return geom
+    """Add what depends on the anatomy around a placed lesion (world centre ``geom.centre``).
+
+    For a "convergent" lesion: its converging vessels are re-drawn from the patient's own
+    vessels 4-30 mm from its surface (those that lie in the lung; the random ones are kept when
+    fewer than 3 are found), and a pleural tag runs to the nearest pleura, with the pleura
+    pulled in (a small soft-tissue triangle labelled body), when that pleura is at most
+    ``LesionRanges.retraction_max_mm`` from the surface.  Other shapes are returned unchanged,
+    without a random draw.
+    """
+    if spec.shape != "convergent":
+        return geom
+    L = _dom.RANDOMIZED.lesions
+    c = np.asarray(geom.centre, dtype=float)
+    R = 0.5 * spec.diameter_mm
+    contrast = any(lab == VESSEL and hu_v > 100.0 for *_, hu_v, lab in geom.extras)
+    # vessels: toward the patient's vessels around
+    if len(ctx.vessel_pts):
+        dist = np.linalg.norm(ctx.vessel_pts - c, axis=1)
+        cand = np.nonzero((dist > R + 4.0) & (dist < R + 30.0) & (ctx.vessel_r >= 0.8))[0]
+        chosen = []          # [(unit direction, offset of the vessel point)]
+        n_max = int(L.convergent_vessels.hi)
+        for k in rng.permutation(cand):
+            p = ctx.vessel_pts[k]
+            u = (p - c) / dist[k]
+            if ctx.in_lung(p) and all(float(u @ v) < 0.8 for v, _ in chosen):
+                chosen.append((u, p - c))
+                if len(chosen) >= n_max:
+                    break
+        if len(chosen) >= int(L.convergent_vessels.lo):
+            keep = [e for e in geom.extras if e[5] != VESSEL]
+            geom = _copy(geom, extras=keep)
+            ends = [e for _, e in chosen]
+            _converging_vessels(rng, geom, R, contrast, ends=ends)
+    # pleural retraction
+    ci = np.rint(ctx.coarse.to_index(c)).astype(int)
+    if np.any(ci < 0) or np.any(ci >= np.array(ctx.coarse.shape)):
+        return geom
+    ci = tuple(ci)
+    q = ctx.coarse.to_world(ctx.i_wall[(slice(None),) + ci].astype(float))
+    n = q - c
+    nn = float(np.linalg.norm(n))
+    if nn < 1e-6:
+        return geom
+    n /= nn
+    b = ctx.ray_to(c, n, (BODY, BONE, OUTSIDE), max_mm=nn + 4.0 * max(ctx.coarse.spacing) + 10.0)
+    if b is None:
+        return geom
+    gap = float(np.linalg.norm(b - c)) - R
+    if not 3.0 <= gap <= L.retraction_max_mm:
+        return geom
+    extras = list(geom.extras)
+    tag_r = float(rng.uniform(0.8, 1.4))
+    extras.append((n * 0.7 * R, b - c + n * 1.0, tag_r, 0.6, float(rng.uniform(-150.0, 0.0)), None))
+    depth = min(8.0, 0.5 * gap)
+    extras.append((b - c - n * depth, b - c + n * 2.0, 0.5, float(rng.uniform(2.5, 4.5)),
+                   float(rng.uniform(-80.0, 20.0)), BODY))
+    return _copy(geom, extras=extras)
+
+
+def _copy(geom: LesionGeometry, **kw) -> LesionGeometry:
+    import dataclasses
+
+    return dataclasses.replace(geom, **kw)
