@@ -296,8 +296,10 @@ def _toy_ctx():
 
 def _paint(spec, centre=(0.0, 0.0, 0.0), seed=0, ctx_too=True):
     g, hu, lab, ctx = _toy_ctx()
-    geom = build_geometry(np.random.default_rng(seed), spec, np.asarray(centre, float), contrast=False,
-                          ctx=ctx if ctx_too else None)
+    rng = np.random.default_rng(seed)
+    geom = build_geometry(rng, spec, np.asarray(centre, float), contrast=False)
+    if ctx_too:
+        geom = contextualize(rng, geom, spec, ctx)
     info = paint_lesion(g, hu, lab, geom, allowed=[LUNG, VESSEL])
     return g, hu, lab, geom, info
 
@@ -307,7 +309,7 @@ def _world(g, idx):
 
 
 def test_cavitated_has_air_inside_and_its_volume_includes_the_cavity():
-    from scipy.spatial import Delaunay
+    from scipy.spatial import ConvexHull, Delaunay
 
     spec = LesionSpec("nodule", "solid", "isolated", "cavitated", 20.0)
     g, hu, lab, geom, info = _paint(spec, ctx_too=False)
@@ -316,7 +318,8 @@ def test_cavitated_has_air_inside_and_its_volume_includes_the_cavity():
     wall = les & (hu > -300)
     vox = float(np.prod(g.spacing))
     assert air.sum() * vox > 0.05 * info["volume_mm3"]
-    hull = Delaunay(np.argwhere(wall))
+    pts = np.argwhere(wall)
+    hull = Delaunay(pts[ConvexHull(pts).vertices])
     assert (hull.find_simplex(np.argwhere(air)) >= 0).mean() > 0.95          # the air is inside the wall
     assert geom.hu_cavity <= -900 and geom.hu_cavity >= -1000
     assert info["volume_mm3"] >= 0.95 * les.sum() * vox                       # whole lesion, cavity included
@@ -411,6 +414,24 @@ def test_domain_lesion_kinds_are_drawn_at_their_shares_and_never_by_default():
     for _ in range(50):
         s = complete_spec(rng, {"texture": "calcified"}, domain="randomized")
         assert s.shape == "round" and not s.through_vessels
+
+
+def test_convergent_built_with_ctx_at_the_origin_is_contextualized_where_it_is_painted():
+    """phantom.py builds at (0, 0, 0) with ctx, places, translates, then paints."""
+    g, hu, lab, ctx = _toy_ctx()
+    rng = np.random.default_rng(5)
+    spec = LesionSpec("nodule", "part-solid", "isolated", "convergent", 12.0)
+    geom0 = build_geometry(rng, spec, np.zeros(3), contrast=False, ctx=ctx)
+    c = np.array([4.0, -6.0, -3.0])
+    geom = dataclasses.replace(geom0, centre=geom0.centre + c, spheres=[(p + c, r) for p, r in geom0.spheres],
+                               spikes=[(a + c, b + c, r0, r1) for a, b, r0, r1 in geom0.spikes],
+                               halo=[(p + c, r) for p, r in geom0.halo],
+                               core=None if geom0.core is None else (geom0.core[0] + c, geom0.core[1]))
+    assert paint_lesion(g, hu, lab, geom, allowed=[LUNG, VESSEL]) is not None
+    near = tuple(np.rint(g.to_index([WALL_X - 1.5, -6.0, -3.0])).astype(int))
+    assert lab[near] == BODY                               # the pleura pulled in at the right place
+    mid = tuple(np.rint(g.to_index([12.0, -6.0, -3.0])).astype(int))
+    assert hu[mid] > -600                                  # the tag
 
 
 def test_domain_lesions_can_be_placed():

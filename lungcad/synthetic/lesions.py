@@ -271,6 +271,9 @@ class LesionGeometry:
     #: capsules drawn before the lesion, outside its label: [(a_off, b_off, ra, rb, hu, label or None)]
     #: (vessels converging or running through, a pleural tag and the pleura pulled in)
     extras: list = field(default_factory=list)
+    #: (ctx, spec, seed): :func:`contextualize` still to run, where the lesion is painted
+    #: (build_geometry(ctx=) at a centre that place() then moves)
+    pending_context: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def extent(self) -> float:
@@ -284,10 +287,10 @@ def build_geometry(rng: np.random.Generator, spec: LesionSpec, centre, *, contra
                    ctx: "PlacementContext | None" = None) -> LesionGeometry:
     """Random shape and HU of a lesion of ``spec`` at ``centre`` (world xyz).
 
-    With ``ctx`` (the anatomy around ``centre``), the parts that depend on it are added
-    (:func:`contextualize`): a convergent lesion's vessels from the lung around it and its
-    pleural retraction.  Without it, build at any centre, :func:`place`, translate, then call
-    :func:`contextualize` on the placed geometry.
+    With ``ctx`` (the anatomy), the parts that depend on it (:func:`contextualize`: a convergent
+    lesion's vessels from the lung around it and its pleural retraction) are added where the
+    lesion is finally painted (:func:`paint_lesion`), so that the geometry may be built at any
+    centre, placed and translated first.
     """
     c = np.asarray(centre, dtype=float)
     R = 0.5 * spec.diameter_mm
@@ -365,8 +368,8 @@ def build_geometry(rng: np.random.Generator, spec: LesionSpec, centre, *, contra
         _through_vessels(rng, g, R, contrast)
     if spec.shape == "convergent":
         _converging_vessels(rng, g, R, contrast)
-    if ctx is not None:
-        g = contextualize(rng, g, spec, ctx)
+    if ctx is not None and spec.shape == "convergent":
+        g.pending_context = (ctx, spec, int(rng.integers(2 ** 31)))
     return g
 
 
@@ -574,6 +577,9 @@ def paint_lesion(grid: Grid, hu: np.ndarray, labels: np.ndarray, geom: LesionGeo
     ``allowed`` is the set of label values the lesion may cover (it is clipped elsewhere, for
     example at the chest wall).  Voxels with occupancy >= 0.5 get the lesion label.
     """
+    if geom.pending_context is not None:
+        ctx, spec, seed = geom.pending_context
+        geom = contextualize(np.random.default_rng(seed), geom, spec, ctx)
     if geom.extras:
         _paint_extras(grid, hu, labels, geom)
     f = lesion_fields(grid, geom)
@@ -777,6 +783,8 @@ def contextualize(rng: np.random.Generator, geom: LesionGeometry, spec: LesionSp
     ``LesionRanges.retraction_max_mm`` from the surface.  Other shapes are returned unchanged,
     without a random draw.
     """
+    if geom.pending_context is not None:
+        geom = _copy(geom, pending_context=None)
     if spec.shape != "convergent":
         return geom
     L = _dom.RANDOMIZED.lesions
