@@ -65,7 +65,7 @@ class AnatomyRanges:
     #: Overall scale of the thorax (body, cavity, lungs, heart together).  One band is held out.
     anatomy_scale: Band = Band(0.75, 1.30)
     #: Body half-width before scaling (default generator: 145-195 mm).
-    body_half_width_mm: Band = Band(130.0, 215.0)
+    body_half_width_mm: Band = Band(140.0, 205.0)
     #: Antero-posterior depth over width (default 0.68-0.86).
     body_depth_ratio: Band = Band(0.58, 0.98)
     #: Subcutaneous fat thickness (default 4-20 mm).
@@ -104,6 +104,42 @@ class AnatomyRanges:
     #: Scan range: stops at the lung bases (abdomen cut off), or starts at the neck.
     stop_at_bases_p: float = 0.15
     start_at_neck_p: float = 0.3
+    #: ... where the scan ends above the deepest recess when it stops at the bases, how far
+    #: above the apex it starts at the neck, and otherwise where it starts and ends.
+    bases_cut_mm: Band = Band(0.0, 15.0)
+    neck_mm: Band = Band(50.0, 140.0)
+    top_margin_mm: Band = Band(5.0, 40.0)
+    abdomen_mm: Band = Band(15.0, 110.0)
+    #: Lung height = 255 mm x anatomy scale x this jitter, clipped to ``lung_height_mm``.
+    lung_height_jitter: Band = Band(0.85, 1.15)
+    #: Body shape: superellipse exponent of the body outline (2 an ellipse, larger is boxier),
+    #: and the anterior share of the antero-posterior depth (default 0.46-0.52).
+    body_exponent: Band = Band(2.0, 3.2)
+    body_front_share: Band = Band(0.42, 0.56)
+    #: Heart shape: each semi-axis multiplied by its own factor; its centre sits this many
+    #: heart half-heights above the left dome (default 0.35-0.6).
+    heart_axis_jitter: Band = Band(0.8, 1.25)
+    heart_above_dome: Band = Band(0.2, 0.8)
+    #: Liver: how far its left lobe reaches across the midline; lengths below the dome of the
+    #: spleen and the stomach; HU of the stomach's content and of the rest of the upper abdomen.
+    liver_left_mm: Band = Band(0.0, 70.0)
+    spleen_length_mm: Band = Band(60.0, 130.0)
+    stomach_length_mm: Band = Band(60.0, 160.0)
+    stomach_content_hu: Band = Band(0.0, 35.0)
+    abdomen_hu: Band = Band(-40.0, 45.0)
+    #: Lymph node HU.
+    lymph_node_hu: Band = Band(20.0, 60.0)
+    #: Neck: shoulder height above the apex where the chest narrows to the neck, and the neck's
+    #: half-width.
+    shoulder_mm: Band = Band(10.0, 45.0)
+    neck_half_width_mm: Band = Band(50.0, 80.0)
+    #: Arms down: half-width of each arm's cross-section and its gap to the chest wall.
+    arm_half_width_mm: Band = Band(35.0, 60.0)
+    arm_gap_mm: Band = Band(0.0, 15.0)
+    #: Breast tissue HU (fatty to dense glandular).
+    breast_hu: Band = Band(-100.0, 40.0)
+    #: Largest field of view (mm) of a randomised scan; a body wider than this is cut.
+    fov_max_mm: float = 500.0
 
 
 # ---- acquisition -------------------------------------------------------------------------------
@@ -199,6 +235,46 @@ class DiseaseRanges:
     #: malignancy label (texture "calcified").
     granulomas_p: float = 0.3
     granulomas: Band = Band(1, 4)
+    granuloma_mm: Band = Band(2.0, 8.0)
+    #: Severities.  Emphysema: HU of the low-attenuation areas, and the upper-lobe weight
+    #: (how many times likelier at the apex than at the base).
+    emphysema_hu: Band = Band(-1000.0, -950.0)
+    emphysema_upper_weight: Band = Band(1.5, 6.0)
+    #: Reticulation: depth of the subpleural band, height of the basal zone it covers, HU of its
+    #: lines, and the probability of honeycombing (clustered subpleural cysts 3-10 mm).
+    reticulation_depth_mm: Band = Band(8.0, 30.0)
+    reticulation_height_mm: Band = Band(40.0, 140.0)
+    reticulation_hu: Band = Band(-450.0, -50.0)
+    honeycombing_p: float = 0.5
+    honeycomb_cyst_mm: Band = Band(3.0, 10.0)
+    #: Consolidation: regions per patient, size, HU (air bronchograms stay air).
+    consolidations: Band = Band(1, 2)
+    consolidation_mm: Band = Band(25.0, 90.0)
+    consolidation_hu: Band = Band(-60.0, 60.0)
+    #: Atelectasis: depth of the dependent band, HU, and plate-like bands per patient.
+    atelectasis_depth_mm: Band = Band(4.0, 25.0)
+    atelectasis_hu: Band = Band(-450.0, 0.0)
+    atelectasis_plates: Band = Band(0, 3)
+    #: Pleural effusion HU.
+    effusion_hu: Band = Band(0.0, 20.0)
+    #: Pleural plaques: count, diameter, thickness, the share calcified and their HU.
+    plaques: Band = Band(1, 8)
+    plaque_mm: Band = Band(10.0, 50.0)
+    plaque_thickness_mm: Band = Band(2.0, 8.0)
+    plaque_calcified_p: float = 0.5
+    plaque_hu: Band = Band(30.0, 80.0)
+    plaque_calcified_hu: Band = Band(300.0, 900.0)
+    #: Linear scars: count, length, width and HU.
+    scars: Band = Band(1, 4)
+    scar_length_mm: Band = Band(15.0, 50.0)
+    scar_radius_mm: Band = Band(0.6, 1.5)
+    scar_hu: Band = Band(-250.0, 40.0)
+    #: Bronchial wall thickening: factor on the wall of the bronchi, and extra wall HU.
+    bronchial_wall_factor: Band = Band(1.6, 3.0)
+    #: Mucus: share of the bronchi filled (in one region), their HU, and tree-in-bud clusters.
+    mucus_fraction: Band = Band(0.1, 0.5)
+    mucus_hu: Band = Band(0.0, 40.0)
+    tree_in_bud_clusters: Band = Band(1, 5)
 
 
 # ---- lesions ----------------------------------------------------------------------------------

@@ -17,18 +17,22 @@ Labels are those of the sub-slice at each slice centre.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from lungcad.synthetic.anatomy import (AIRWAY, AIRWAY_FLAG, BODY, BONE, LESION, LUNG, MEDIASTINUM, OUTSIDE,
-                                       VESSEL, Anatomy, Tubes, central_airways, draw_anatomy,
-                                       draw_body_half_width, great_vessels, paint_slice, ribs)
+from lungcad.synthetic import disease as _disease
+from lungcad.synthetic import domain as _dom
+from lungcad.synthetic import scanner as _scanner
+from lungcad.synthetic.anatomy import (AIRWAY, AIRWAY_FLAG, BODY, BONE, LESION, LUNG, MEDIASTINUM, ORGANS, OUTSIDE,
+                                       VESSEL, Anatomy, Tubes, body_extent, central_airways, draw_anatomy,
+                                       draw_anatomy_domain, draw_body_half_width, great_vessels, paint_slice, ribs)
 from lungcad.synthetic.lesions import (LESION_COLUMNS, LesionGeometry, PlacementContext, build_geometry,
                                        draw_specs, malignancy_probability, paint_lesion, place)
-from lungcad.synthetic.raster import Grid, label_lut, paint_capsules
+from lungcad.synthetic.raster import Grid, SmoothField as _Texture, label_lut, paint_capsules
 from lungcad.synthetic.scanner import acquire, draw_scanner, slice_profile
 from lungcad.synthetic.vessels import Tree, bronchi_along, find_distractors, grow_tree, sample_points
 from lungcad.volume import CTVolume
@@ -68,7 +72,10 @@ class Phantom:
     fov_mask : ndarray of bool (y, x)
         Pixels inside the circular reconstruction field of view.
     lung_region : ndarray of bool (z, y, x)
-        The anatomical lungs without lesions: parenchyma, intrapulmonary vessels and bronchi.
+        The anatomical lungs without lesions: parenchyma, intrapulmonary vessels and bronchi
+        (consolidation and atelectasis included; pleural effusion and plaques are not lung).
+    organs : ndarray of uint8 (z, y, x)
+        :data:`ORGANS` codes (heart, liver, spleen, stomach with its gas), 0 elsewhere.
     """
 
     volume: CTVolume
@@ -78,6 +85,7 @@ class Phantom:
     cancer: int
     fov_mask: np.ndarray
     lung_region: np.ndarray
+    organs: np.ndarray | None = None
 
     def lung_mask(self) -> np.ndarray:
         """The mask a lung segmentation should produce: the lungs with all their lesions,
@@ -86,38 +94,6 @@ class Phantom:
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-def _lerp_index(n_out: int, n_in: int, pos: np.ndarray):
-    """Indices and weights of linear interpolation at fractional input positions ``pos``."""
-    pos = np.clip(pos, 0.0, n_in - 1.000001)
-    i0 = np.floor(pos).astype(np.intp)
-    return i0, np.minimum(i0 + 1, n_in - 1), (pos - i0).astype(np.float32)
-
-
-class _Texture:
-    """A smooth random field of unit standard deviation, evaluated one axial slice at a time."""
-
-    def __init__(self, rng: np.random.Generator, grid: Grid, cell_mm: float = 7.0):
-        n = [max(4, int(np.ceil(e / cell_mm)) + 3) for e in
-             (grid.shape[0] * grid.spacing[0], grid.shape[1] * grid.spacing[1], grid.shape[2] * grid.spacing[2])]
-        lo = ndi.gaussian_filter(rng.standard_normal(n).astype(np.float32), 1.2, mode="wrap")
-        lo /= max(float(lo.std()), 1e-6)
-        self.lo = lo
-        self.cell = cell_mm
-        self.z0 = float(grid.z[0]) - cell_mm
-        self.iy = _lerp_index(grid.shape[1], n[1], np.arange(grid.shape[1]) * grid.spacing[1] / cell_mm + 1.0)
-        self.ix = _lerp_index(grid.shape[2], n[2], np.arange(grid.shape[2]) * grid.spacing[2] / cell_mm + 1.0)
-
-    def slice(self, z: float) -> np.ndarray:
-        p = float(np.clip((z - self.z0) / self.cell, 0.0, self.lo.shape[0] - 1.000001))
-        i = int(p)
-        f = np.float32(p - i)
-        s = self.lo[i] * (1.0 - f) + self.lo[min(i + 1, self.lo.shape[0] - 1)] * f
-        x0, x1, fx = self.ix
-        sx = s[:, x0] * (1.0 - fx) + s[:, x1] * fx
-        y0, y1, fy = self.iy
-        return sx[y0] * (1.0 - fy)[:, None] + sx[y1] * fy[:, None]
-
 
 @dataclass
 class _Frame:
@@ -239,16 +215,17 @@ def _bridges(t: Tubes, an: Anatomy, step_mm: float = 4.0) -> Tubes:
 
 
 def _paint_anatomy(an: Anatomy, grid: Grid, frame: _Frame, great: Tubes, cent: Tubes, bones: tuple | None,
-                   texture: _Texture | None):
+                   texture: _Texture | None, org: np.ndarray | None = None):
     """Cross-sections slice by slice, then the great vessels and central airways wrapped in
-    mediastinal tissue, then ribs and clavicles.  Returns (hu float32, labels uint8)."""
+    mediastinal tissue, then ribs and clavicles.  Returns (hu float32, labels uint8); the
+    :data:`ORGANS` codes go to ``org`` when given."""
     hu = np.empty(grid.shape, dtype=np.float32)
     lab = np.empty(grid.shape, dtype=np.uint8)
     u = grid.x - np.float32(frame.cx)
     v = grid.y - np.float32(frame.cy)
     for k, z in enumerate(grid.z):
         paint_slice(an, u, v, float(z) - frame.z_apex, hu[k], lab[k],
-                    None if texture is None else texture.slice(float(z)))
+                    None if texture is None else texture.slice(float(z)), None if org is None else org[k])
     sheath = an.hu["med_fill"]
     _paint_tubes(grid, hu, lab, _bridges(great, an), frame, hu_allowed=_LUT_SHEATH, label=MEDIASTINUM,
                  label_allowed=_LUT_SHEATH, value=sheath)
@@ -302,7 +279,7 @@ def generate_phantom(*, seed: int, shape=(None, 512, 512), spacing=None, slice_m
                      lesions=None, nodule_diameter_mm=(3.0, 30.0), mass_diameter_mm=(30.0, 70.0),
                      contrast: bool | None = None, noise_hu: float | None = None, psf_mm: float | None = None,
                      kernel: str | None = None, vessel_density: float = 1.0, patient_id: str | None = None,
-                     series_uid: str | None = None) -> Phantom:
+                     series_uid: str | None = None, domain: str = "default", disease=None) -> Phantom:
     """Generate one synthetic chest CT with known anatomy and lesions.
 
     Parameters
@@ -335,6 +312,19 @@ def generate_phantom(*, seed: int, shape=(None, 512, 512), spacing=None, slice_m
         Scales the number of vessel branches (1 is about 1000 terminal branches per litre of
         lung, for the arteries and again for the veins).
     patient_id, series_uid : str, optional
+    domain : {"default", "randomized", "shifted"}
+        :mod:`lungcad.synthetic.domain`.  ``"default"`` is the generator of version 1, byte for
+        byte.  The randomised domains draw the anatomy (:func:`~lungcad.synthetic.anatomy.draw_anatomy_domain`),
+        the scan range and field of view, the scanner
+        (:func:`~lungcad.synthetic.scanner.draw_scanner_domain`) and the lung disease
+        (:mod:`lungcad.synthetic.disease`) from :data:`~lungcad.synthetic.domain.RANDOMIZED`,
+        respecting :data:`~lungcad.synthetic.domain.HELD_OUT`; ``slice_mm`` (or ``spacing``)
+        then forces the slice increment and thickness together, and ``kernel`` is ignored.
+        The drawn factors are in ``volume.meta`` (``domain``, ``anatomy``, ``disease`` and the
+        scanner's keys).
+    disease : dict, optional
+        Randomised domains only: ``{name: True/False}`` forces a disease of
+        :data:`~lungcad.synthetic.disease.DISEASES` on or off; the others are drawn.
 
     Returns
     -------
@@ -346,23 +336,41 @@ def generate_phantom(*, seed: int, shape=(None, 512, 512), spacing=None, slice_m
     the chest) is shrunk, then moved elsewhere, and left out as a last resort; the number left
     out is in ``volume.meta["lesions_not_placed"]``.
     """
+    _dom.check_domain(domain)
+    if disease is not None and domain == "default":
+        raise ValueError("disease applies to the randomised domains. Received disease with domain='default'")
     rng = np.random.default_rng(seed)
-    shape, spacing, half_width = _draw_geometry(rng, shape, spacing, slice_mm)
+    plan = None
+    if domain == "default":
+        shape, spacing, half_width = _draw_geometry(rng, shape, spacing, slice_mm)
+        an = draw_anatomy(rng, A=half_width, contrast=contrast)
+        sc = draw_scanner(rng, noise_hu=noise_hu, psf_mm=psf_mm, kernel=kernel)
+        specs = draw_specs(rng, n_nodules=n_nodules, n_masses=n_masses, n_micronodules=n_micronodules,
+                           lesions=lesions, nodule_diameter_mm=nodule_diameter_mm,
+                           mass_diameter_mm=mass_diameter_mm)
+        origin, frame, fov_mask = _place_scan(rng, an, shape, spacing)
+        dis = {}
+    else:
+        sc, an, shape, spacing, plan = _draw_domain(rng, domain, shape, spacing, slice_mm, contrast=contrast,
+                                                    noise_hu=noise_hu, psf_mm=psf_mm)
+        dis = _disease.draw_disease(rng, force=disease)
+        spec_kw = dict(n_nodules=n_nodules, n_masses=n_masses, n_micronodules=n_micronodules, lesions=lesions,
+                       nodule_diameter_mm=nodule_diameter_mm, mass_diameter_mm=mass_diameter_mm)
+        if "domain" in inspect.signature(draw_specs).parameters:
+            spec_kw["domain"] = domain
+        specs = draw_specs(rng, **spec_kw) + _disease.granuloma_specs(dis)
+        origin, frame, fov_mask = _place_scan_domain(rng, an, shape, spacing, plan)
     nz, ny, nx = shape
     step, ps = spacing[0], spacing[1]
-    an = draw_anatomy(rng, A=half_width, contrast=contrast)
-    sc = draw_scanner(rng, noise_hu=noise_hu, psf_mm=psf_mm, kernel=kernel)
-    specs = draw_specs(rng, n_nodules=n_nodules, n_masses=n_masses, n_micronodules=n_micronodules,
-                       lesions=lesions, nodule_diameter_mm=nodule_diameter_mm, mass_diameter_mm=mass_diameter_mm)
-    origin, frame, fov_mask = _place_scan(rng, an, shape, spacing)
     great = great_vessels(an, rng)
     cent = central_airways(an)
     bones = ribs(an, rng)
 
     # coarse thorax (whole lungs, whatever the scan covers) for vessel targets and lesion placement
     cs = max(3.0, ps)
-    z_lo = min(origin[2], frame.z_apex - an.H - 30.0)
-    z_hi = max(origin[2] + (nz - 1) * step, frame.z_apex + 30.0)
+    margin = 0.0 if plan is None else plan["thickness_mm"]
+    z_lo = min(origin[2] - margin, frame.z_apex - an.H - 30.0)
+    z_hi = max(origin[2] + (nz - 1) * step + margin, frame.z_apex + 30.0)
     coarse = Grid((origin[0], origin[1], z_lo), (cs, cs, cs),
                   (int((z_hi - z_lo) / cs) + 1, int(ny * ps / cs) + 1, int(nx * ps / cs) + 1))
     _, clab = _paint_anatomy(an, coarse, frame, great, cent, None, None)
@@ -371,55 +379,218 @@ def generate_phantom(*, seed: int, shape=(None, 512, 512), spacing=None, slice_m
     clab &= np.uint8(0xFF ^ _F)
     trees = _grow_trees(rng, an, coarse, clab, frame, vessel_density)
 
-    # the fine volume: an odd number of sub-slices per slice, the centre one at the slice position
+    # the fine volume: default, an odd number of sub-slices per slice, the centre one at the slice
+    # position; randomised, sub-slices at most a third of the slice thickness apart, one thickness
+    # beyond the first and the last slice, for the slice profile
     fine_max = 1.25 * max(1.6, ps)
-    f = 1
-    while step / f > fine_max:
-        f += 2
-    dzf = step / f
-    fine = Grid((origin[0], origin[1], origin[2] - 0.5 * (f - 1) * dzf), (dzf, ps, ps), (nz * f, ny, nx))
-    hu, lab = _paint_anatomy(an, fine, frame, great, cent, bones, _Texture(rng, fine))
+    if plan is None:
+        f = 1
+        while step / f > fine_max:
+            f += 2
+        dzf = step / f
+        fine = Grid((origin[0], origin[1], origin[2] - 0.5 * (f - 1) * dzf), (dzf, ps, ps), (nz * f, ny, nx))
+        sample = f // 2 + f * np.arange(nz)
+    else:
+        th = plan["thickness_mm"]
+        dzf = min(fine_max, th / 3.0)
+        n_f = int(np.ceil(((nz - 1) * step + 2.0 * th) / dzf)) + 1
+        fine = Grid((origin[0], origin[1], origin[2] - th), (dzf, ps, ps), (n_f, ny, nx))
+        slice_z = origin[2] + step * np.arange(nz)
+        sample = np.clip(np.rint((slice_z - (origin[2] - th)) / dzf).astype(int), 0, n_f - 1)
+    org = np.empty(fine.shape, dtype=np.uint8)
+    hu, lab = _paint_anatomy(an, fine, frame, great, cent, bones, _Texture(rng, fine), org)
     for tr in trees:
         value = an.hu["blood"] if tr.kind == "artery" else an.hu["vein"]
         paint_capsules(fine, hu, lab, tr.a, tr.b, tr.ra, tr.rb, value, hu_allowed=_LUT_VESSEL_HU,
                        label=VESSEL, label_allowed=_LUT_VESSEL_LAB)
-    _paint_airways(fine, hu, lab, *_airway_tree(an, cent, trees, frame), an.hu["airway_wall"])
+    airways = _airway_tree(an, cent, trees, frame)
+    if dis.get("bronchial_wall_thickening"):
+        airways = _thicker_walls(airways, len(cent.a), dis["bronchial_wall_thickening"]["factor"])
+    _paint_airways(fine, hu, lab, *airways, an.hu["airway_wall"])
     ctx = _placement_context(an, coarse, clab, fine, lab, trees, frame)
-    drawn, not_placed = _place_and_paint_lesions(rng, specs, ctx, fine, hu, lab, contrast=an.contrast)
+    if plan is not None:
+        _disease.paint_disease(rng, dis, ctx, hu, lab, z_apex=frame.z_apex, lung_height_mm=an.H,
+                               x_mid=frame.cx + an.u_m, airways=airways[:4])
+    drawn, not_placed = _place_and_paint_lesions(rng, specs, ctx, fine, hu, lab, contrast=an.contrast,
+                                                 pass_ctx=plan is not None)
 
     # labels at the slice centres, lung region, airway flag resolved
-    labels = np.ascontiguousarray(lab[f // 2::f])
+    labels = np.ascontiguousarray(lab[sample])
     base = labels & np.uint8(0xFF ^ _F)
     lung_region = (base == LUNG) | (base == VESSEL)
     flagged = (labels & _F) != 0
     labels = np.where(flagged & (base != LESION), np.uint8(AIRWAY), base).astype(np.uint8)
     labels[~np.broadcast_to(fov_mask, labels.shape)] = OUTSIDE
     lung_region &= fov_mask[None]
+    organs = _organs_at(org[sample], labels)
+    del org
 
     uid = series_uid or _series_uid(seed)
     pid = patient_id or f"SYN-{seed}"
     vol_spacing = (step, ps, ps)
-    lesion_df = _lesion_table(rng, drawn, labels, f, origin, vol_spacing, ctx.hilar_z, pid, uid)
+    lesion_df = _lesion_table(rng, drawn, labels, sample, origin, vol_spacing, ctx.hilar_z, pid, uid)
     distractors = _distractor_table(rng, trees, ctx, drawn, origin, vol_spacing, uid)
 
     # the scanner
     del ctx
-    img = slice_profile(hu, f)
-    del hu, lab
-    acquire(img, labels, sc, pixel_mm=ps, rng=rng)
+    if plan is None:
+        img = slice_profile(hu, f)
+        del hu, lab
+        acquire(img, labels, sc, pixel_mm=ps, rng=rng)
+    else:
+        img = _scanner.reconstruct_slices(hu, fine.z.astype(float), slice_z, plan["thickness_mm"])
+        del hu, lab
+        _scanner.acquire_domain(img, labels, organs, sc, pixel_mm=ps, spacing=vol_spacing, rng=rng)
     np.clip(img, -1024.0, 3071.0, out=img)
     out = np.rint(img).astype(np.int16)
     del img
     out[:, ~fov_mask] = -1024
+    thickness = step if plan is None else plan["thickness_mm"]
     meta = {"synthetic": True, "generator": "lungcad.synthetic", "generator_version": GENERATOR_VERSION,
-            "seed": int(seed), "contrast": bool(an.contrast), "slice_thickness": step,
+            "seed": int(seed), "contrast": bool(an.contrast), "slice_thickness": thickness,
             "kernel": "LUNG" if sc.kernel == "sharp" else "STANDARD", "kvp": 120,
             "manufacturer": "lungcad synthetic", "lesions_not_placed": not_placed, **sc.meta()}
+    if plan is not None:
+        meta.update({"domain": domain, "spacing_between_slices": step,
+                     "anatomy": {**an.ext.factors, **plan["factors"]},
+                     "disease": _disease.describe_drawn(dis)})
     volume = CTVolume(hu=out, spacing=vol_spacing, origin=origin, direction=np.eye(3), patient_id=pid,
                       series_uid=uid, meta=meta)
     cancer = int(lesion_df["malignant"].sum() > 0) if len(lesion_df) else 0
     return Phantom(volume=volume, labels=labels, lesions=lesion_df, distractors=distractors, cancer=cancer,
-                   fov_mask=fov_mask, lung_region=lung_region)
+                   fov_mask=fov_mask, lung_region=lung_region, organs=organs)
+
+
+def _draw_domain(rng, domain, shape, spacing, slice_mm, *, contrast=None, noise_hu=None, psf_mm=None):
+    """Scanner, anatomy and scan geometry of a randomised phantom, the first draws of its seed."""
+    sc = _draw_scanner_domain(rng, domain, contrast=contrast, noise_hu=noise_hu, psf_mm=psf_mm)
+    an = draw_anatomy_domain(rng, domain=domain, contrast=sc.contrast,
+                             blood_hu=sc.blood_hu if sc.contrast and sc.blood_hu > 0 else None)
+    shape, spacing, sc, plan = _draw_geometry_domain(rng, an, sc, shape, spacing, slice_mm)
+    return sc, an, shape, spacing, plan
+
+
+def draw_domain_factors(seed: int, *, domain: str, shape=(None, 512, 512), spacing=None,
+                        slice_mm: float | None = None) -> dict:
+    """The factors :func:`generate_phantom` would draw for ``seed`` in a randomised ``domain``
+    (anatomy, scan range and field of view, scanner), without painting anything: cheap.
+
+    Returns a JSON-ready dict: ``anatomy`` (as in ``volume.meta["anatomy"]``), ``scanner``
+    (the scanner's meta), ``shape`` and ``spacing``.
+    """
+    if _dom.check_domain(domain) == "default":
+        raise ValueError("draw_domain_factors expected domain 'randomized' or 'shifted'. Received 'default'")
+    rng = np.random.default_rng(seed)
+    sc, an, shape, spacing, plan = _draw_domain(rng, domain, shape, spacing, slice_mm)
+    return {"anatomy": {**an.ext.factors, **plan["factors"]}, "scanner": sc.meta(), "shape": list(shape),
+            "spacing": list(spacing)}
+
+
+def _organs_at(org: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Organ codes where the final labels agree: the heart in the mediastinum, the abdominal
+    organs in the body (not where a vessel, the oesophagus, a bone or a lesion was drawn over)."""
+    org = np.ascontiguousarray(org)
+    heart = org == ORGANS["heart"]
+    org[heart & (labels != MEDIASTINUM)] = 0
+    org[~heart & (labels != BODY)] = 0
+    return org
+
+
+def _thicker_walls(airways, n_central: int, factor: float):
+    """Bronchial wall thickening: the walls of the bronchi (not the trachea and main bronchi)
+    ``factor`` times thicker."""
+    a, b, ra, rb, wall = airways
+    wall = wall.copy()
+    wall[n_central:] *= factor
+    return a, b, ra, rb, wall
+
+
+def _draw_scanner_domain(rng, domain: str, *, contrast, noise_hu, psf_mm):
+    """The scanner of a randomised domain, with the arguments that force a part of it."""
+    sc = _scanner.draw_scanner_domain(rng, domain)
+    if contrast is not None and bool(contrast) != sc.contrast:
+        blood = _dom.band_uniform(rng, _dom.RANDOMIZED.acquisition.contrast_blood_hu) if contrast else 0.0
+        sc = dataclasses.replace(sc, contrast=bool(contrast), blood_hu=blood)
+    if noise_hu is not None:
+        sc = dataclasses.replace(sc, noise_hu=float(noise_hu))
+    if psf_mm is not None:
+        sc = dataclasses.replace(sc, psf_mm=float(psf_mm))
+    return sc
+
+
+def _draw_geometry_domain(rng, an: Anatomy, sc, shape, spacing, slice_mm):
+    """Shape, spacing and scan plan of a randomised scan: a field of view that fits the body
+    (arms and breasts included; cut at the sides with ``fov_cut_p``), the slice increment and
+    thickness of the scanner (``slice_mm`` or ``spacing[0]`` force both), and the scan range:
+    from the apex or from the neck, to the upper abdomen or to the lung bases."""
+    R = _dom.RANDOMIZED.anatomy
+    if len(shape) != 3:
+        raise ValueError(f"shape expected (slices or None, rows, columns). Received shape={shape}")
+    nz, ny, nx = shape
+    if ny is None or nx is None or int(ny) < 32 or int(nx) < 32:
+        raise ValueError(f"shape needs at least 32 rows and columns. Received shape={shape}")
+    ny, nx = int(ny), int(nx)
+    half, front, back = body_extent(an)
+    fov = 2.0 * max(half, front + 8.0, back + 70.0 if an.table else back) + float(rng.uniform(10.0, 50.0))
+    cut = _dom.band_uniform(rng, R.fov_cut_mm) if rng.random() < R.fov_cut_p else 0.0
+    if cut > 0.0:
+        fov = min(fov, 2.0 * (an.A - cut))
+    fov = float(np.clip(fov, 250.0, R.fov_max_mm))
+    thickness, inc = sc.slice_thickness_mm, sc.increment_mm
+    if spacing is None:
+        ps = fov / min(ny, nx)
+        if slice_mm is not None:
+            thickness = inc = float(slice_mm)
+    else:
+        spacing = tuple(float(x) for x in spacing)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"spacing expected 3 positive mm values (z, y, x). Received spacing={spacing}")
+        if abs(spacing[1] - spacing[2]) > 1e-6:
+            raise ValueError(f"in-plane spacing must be square. Received spacing={spacing}")
+        ps = spacing[1]
+        thickness = inc = float(slice_mm if slice_mm is not None else spacing[0])
+        if min(ny, nx) * ps < 250.0:
+            raise ValueError(f"the field of view (rows x pixel size) must be at least 250 mm to hold a chest. "
+                             f"Received {min(ny, nx)} x {ps:.3f} mm = {min(ny, nx) * ps:.0f} mm")
+    if not inc > 0:
+        raise ValueError(f"slice_mm must be > 0. Received slice_mm={slice_mm}")
+    sc = dataclasses.replace(sc, slice_thickness_mm=float(thickness), increment_mm=float(inc))
+    neck = bool(rng.random() < R.start_at_neck_p)
+    bases = bool(rng.random() < R.stop_at_bases_p)
+    top = _dom.band_uniform(rng, R.neck_mm if neck else R.top_margin_mm)          # above the apex
+    bottom = -an.H + (_dom.band_uniform(rng, R.bases_cut_mm) if bases
+                      else -_dom.band_uniform(rng, R.abdomen_mm))                   # w of the last slice
+    if nz is None:
+        nz = max(8, int(round((top - bottom) / inc)) + 1)
+    nz = int(nz)
+    if nz < 4:
+        raise ValueError(f"shape needs at least 4 slices. Received shape={shape}")
+    fov_r = 0.5 * min(ny, nx) * ps
+    plan = {"thickness_mm": float(thickness), "top_w": top, "bottom_w": bottom, "anchor": "bottom" if bases else "top",
+            "fov_r": fov_r,
+            "factors": {"fov_mm": round(2.0 * fov_r, 2), "fov_cut_mm": round(cut, 2), "start_at_neck": neck,
+                        "stop_at_bases": bases, "scan_top_above_apex_mm": round(top, 2),
+                        "scan_bottom_w_mm": round(bottom, 2)}}
+    return (nz, ny, nx), (float(inc), float(ps), float(ps)), sc, plan
+
+
+def _place_scan_domain(rng, an: Anatomy, shape, spacing, plan):
+    """World origin, patient frame and field-of-view mask of a randomised scan.  With the
+    number of slices given, the scan keeps its start (its end when it stops at the bases)."""
+    nz, ny, nx = shape
+    step, ps = spacing[0], spacing[1]
+    ox = -0.5 * nx * ps + float(rng.uniform(-10.0, 10.0))
+    oy = -0.5 * ny * ps + float(rng.uniform(-10.0, 10.0))
+    cx = ox + 0.5 * nx * ps + float(rng.uniform(-8.0, 8.0))
+    cy = oy + 0.5 * ny * ps - 0.5 * (an.Bp - an.Ba) + float(rng.uniform(-8.0, 8.0)) - 6.0
+    oz = float(rng.uniform(-450.0, 50.0))
+    length = (nz - 1) * step
+    z_apex = oz + length - plan["top_w"] if plan["anchor"] == "top" else oz - plan["bottom_w"]
+    fov_r = plan["fov_r"] * float(rng.uniform(0.97, 1.0))
+    xs = ps * np.arange(nx) - 0.5 * (nx - 1) * ps
+    ys = ps * np.arange(ny) - 0.5 * (ny - 1) * ps
+    fov_mask = (xs[None, :] ** 2 + ys[:, None] ** 2) <= fov_r ** 2
+    return (ox, oy, oz), _Frame(cx, cy, z_apex), fov_mask
 
 
 def _place_scan(rng, an: Anatomy, shape, spacing):
@@ -504,7 +675,8 @@ def _placement_context(an: Anatomy, coarse: Grid, clab, fine: Grid, lab, trees, 
                             hilar_z=(z_car - 60.0, z_car + 10.0), vessel_pts=pts, vessel_r=rad, vessel_dir=dirs)
 
 
-def _place_and_paint_lesions(rng, specs, ctx: PlacementContext, fine: Grid, hu, lab, *, contrast: bool):
+def _place_and_paint_lesions(rng, specs, ctx: PlacementContext, fine: Grid, hu, lab, *, contrast: bool,
+                             pass_ctx: bool = False):
     """Place each lesion (shrinking it, then moving it, when it does not fit) and draw it.
 
     Returns ([(spec, geometry, drawn info)], number not placed).
@@ -515,7 +687,7 @@ def _place_and_paint_lesions(rng, specs, ctx: PlacementContext, fine: Grid, hu, 
     for spec in specs:
         result = None
         for attempt in range(6):
-            geom0 = build_geometry(rng, spec, np.zeros(3), contrast=contrast)
+            geom0 = build_geometry(rng, spec, np.zeros(3), contrast=contrast, **({"ctx": ctx} if pass_ctx else {}))
             c = place(rng, ctx, spec, geom0.extent / (0.5 * spec.diameter_mm))
             if c is not None:
                 result = (spec, _translate(geom0, c))
@@ -541,17 +713,19 @@ def _place_and_paint_lesions(rng, specs, ctx: PlacementContext, fine: Grid, hu, 
     return drawn, not_placed
 
 
-def _lesion_table(rng, drawn, labels, f: int, origin, spacing, hilar_z, pid: str, uid: str) -> pd.DataFrame:
-    """One row per drawn lesion; the location is checked against the labels around it."""
+def _lesion_table(rng, drawn, labels, sample, origin, spacing, hilar_z, pid: str, uid: str) -> pd.DataFrame:
+    """One row per drawn lesion; the location is checked against the labels around it.
+    ``sample``: the fine sub-slice index of each slice."""
     rows = []
     for k, (spec, geom, info) in enumerate(drawn):
         c = info["centre"]
         zyx = _world_to_voxel(c, origin, spacing)
         sl = info["sl"]
-        keep = [i for i in range(sl[0].start, sl[0].stop) if i % f == f // 2]
+        ks = np.nonzero((sample >= sl[0].start) & (sample < sl[0].stop))[0]
+        keep = [int(sample[j]) for j in ks]
         touch = set()
         if keep:
-            cz = slice(keep[0] // f, keep[-1] // f + 1)
+            cz = slice(int(ks[0]), int(ks[-1]) + 1)
             cmask = info["mask"][[i - sl[0].start for i in keep]]
             if cmask.any():
                 touch = _contacts(labels, (cz, sl[1], sl[2]), cmask, spacing)

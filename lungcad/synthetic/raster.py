@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from scipy import ndimage as ndi
 
 
 @dataclass(frozen=True)
@@ -197,3 +198,36 @@ def paint_capsules(grid: Grid, hu: np.ndarray, labels: np.ndarray, a, b, ra, rb,
         occ = occupancy_from_distance(d, edge, thin_radius=0.5 * (ra_l[i] + rb_l[i]))
         paint(hu, labels, sl, occ, v_l[i], hu_allowed=hu_allowed, label=label,
               label_allowed=label_allowed, flag=flag)
+
+
+def _lerp_index(n_out: int, n_in: int, pos: np.ndarray):
+    """Indices and weights of linear interpolation at fractional input positions ``pos``."""
+    pos = np.clip(pos, 0.0, n_in - 1.000001)
+    i0 = np.floor(pos).astype(np.intp)
+    return i0, np.minimum(i0 + 1, n_in - 1), (pos - i0).astype(np.float32)
+
+
+class SmoothField:
+    """A smooth random field of unit standard deviation over ``grid``, with features about
+    ``cell_mm`` across, evaluated one axial slice at a time (``slice(z)``, world z in mm)."""
+
+    def __init__(self, rng: np.random.Generator, grid: Grid, cell_mm: float = 7.0):
+        n = [max(4, int(np.ceil(e / cell_mm)) + 3) for e in
+             (grid.shape[0] * grid.spacing[0], grid.shape[1] * grid.spacing[1], grid.shape[2] * grid.spacing[2])]
+        lo = ndi.gaussian_filter(rng.standard_normal(n).astype(np.float32), 1.2, mode="wrap")
+        lo /= max(float(lo.std()), 1e-6)
+        self.lo = lo
+        self.cell = cell_mm
+        self.z0 = float(grid.z[0]) - cell_mm
+        self.iy = _lerp_index(grid.shape[1], n[1], np.arange(grid.shape[1]) * grid.spacing[1] / cell_mm + 1.0)
+        self.ix = _lerp_index(grid.shape[2], n[2], np.arange(grid.shape[2]) * grid.spacing[2] / cell_mm + 1.0)
+
+    def slice(self, z: float) -> np.ndarray:
+        p = float(np.clip((z - self.z0) / self.cell, 0.0, self.lo.shape[0] - 1.000001))
+        i = int(p)
+        f = np.float32(p - i)
+        s = self.lo[i] * (1.0 - f) + self.lo[min(i + 1, self.lo.shape[0] - 1)] * f
+        x0, x1, fx = self.ix
+        sx = s[:, x0] * (1.0 - fx) + s[:, x1] * fx
+        y0, y1, fy = self.iy
+        return sx[y0] * (1.0 - fy)[:, None] + sx[y1] * fy[:, None]
