@@ -52,6 +52,11 @@ def add_parser(subparsers, parents) -> None:
     p.add_argument("--cases", choices=["random", "demo"], default="random",
                    help="random: every patient drawn; demo: cycle through a patient with a mass touching "
                         "the mediastinum, one with small nodules, and a benign one (default: random)")
+    p.add_argument("--domain", choices=["default", "randomized", "shifted"], default="default",
+                   help="default: the generator as it was (same seed, same volume); randomized: every "
+                        "nuisance factor drawn from the ranges of lungcad.synthetic.domain, the held-out "
+                        "bands left out (training); shifted: the held-out bands (evaluation only). "
+                        "OUT/domain.json records the ranges (default: default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         lesions = synth_dataset(args.out, patients=args.patients, seed=args.seed, layout=args.layout,
                                 size=args.size, slices=args.slices, slice_mm=args.slice_mm,
-                                compress=args.compress, cases=args.cases,
+                                compress=args.compress, cases=args.cases, domain=args.domain,
                                 progress=sys.stdout.isatty() and not args.no_progress, on_patient=report)
     except ValueError as e:
         print(f"lungcad synth: error: {e}", file=sys.stderr)

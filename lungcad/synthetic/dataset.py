@@ -82,6 +82,14 @@ def _dicom_variation(rng: np.random.Generator, fov_mask) -> dict:
     return {"rescale_intercept": intercept, "padding_value": int(round(-1024.0 - intercept)), "fov_mask": fov_mask}
 
 
+def _write_json(obj, path: Path) -> None:
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def _annotations(les: pd.DataFrame) -> pd.DataFrame:
     return les.loc[les["diameter_mm"] >= 3.0, ANNOTATION_COLUMNS].reset_index(drop=True)
 
@@ -115,7 +123,7 @@ def _candidates(ph: Phantom, rng: np.random.Generator, n_random: int = 40) -> pd
 
 def synth_dataset(out_dir, *, patients: int, seed: int, layout: str = "dicom", size: int = 512,
                   slices: int | None = None, slice_mm: float | None = None, compress: str | None = None,
-                  cases: str = "random", progress: bool = False,
+                  cases: str = "random", progress: bool = False, domain: str = "default",
                   on_patient: Callable[[dict], None] | None = None, **phantom_kwargs) -> pd.DataFrame:
     """Generate ``patients`` phantoms and write them as a data set.
 
@@ -140,6 +148,11 @@ def synth_dataset(out_dir, *, patients: int, seed: int, layout: str = "dicom", s
         calcified (benign) nodules.
     progress : bool
         Show a tqdm progress bar.
+    domain : {"default", "randomized", "shifted"}
+        :mod:`lungcad.synthetic.domain`.  Each patient's drawn factors are in its volume's meta
+        (the DICOM and MetaImage writers keep the scanner keys); ``OUT/domain.json`` holds the
+        domain and every range (:func:`lungcad.synthetic.domain.describe`).  In the randomised
+        domains the rescale intercept and padding come from the scanner draw.
     on_patient : callable, optional
         Called after each patient with a dict (patient_id, seriesuid, path, shape, spacing_mm,
         lesions, cancer).
@@ -161,9 +174,14 @@ def synth_dataset(out_dir, *, patients: int, seed: int, layout: str = "dicom", s
         raise ValueError("compress applies to DICOM layouts only. Received compress="
                          f"{compress!r} with layout='luna16'")
     from lungcad.io import write_dicom_series, write_itk
+    from lungcad.synthetic import domain as _dom
 
+    _dom.check_domain(domain)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    report = {"domain": domain, "seed": int(seed), "patients": int(patients), "ranges": _dom.describe(),
+              "drawn": []}
+    _write_json(report, out / "domain.json")
     seeds = patient_seeds(seed, patients)
     lesion_tables, dist_tables, label_rows, cand_tables = [], [], [], []
     it = range(int(patients))
@@ -184,7 +202,7 @@ def synth_dataset(out_dir, *, patients: int, seed: int, layout: str = "dicom", s
         else:
             pid = f"SYN{int(seed):04d}-{i:03d}"
         ph = generate_phantom(seed=ps, shape=(slices, size, size), slice_mm=slice_mm, patient_id=pid,
-                              series_uid=uid, **kw)
+                              series_uid=uid, domain=domain, **kw)
         rng = np.random.default_rng([ps, 7])
         vol = ph.volume
         if layout == "luna16":
@@ -199,12 +217,19 @@ def synth_dataset(out_dir, *, patients: int, seed: int, layout: str = "dicom", s
         else:
             folder = out / "stage1" / pid if layout == "dsb2017" else out / pid / uid
             var = _dicom_variation(rng, ph.fov_mask)
+            if domain != "default":
+                var["rescale_intercept"] = float(vol.meta.get("rescale_intercept", var["rescale_intercept"]))
+                pad = vol.meta.get("padding_value")
+                if pad is not None and var["padding_value"] is not None:
+                    var["padding_value"] = int(round(float(pad) - var["rescale_intercept"]))
             write_dicom_series(vol, folder, seed=ps, shuffle_names=True,
                                reverse_instance_numbers=bool(rng.random() < 0.5),
                                rescale_slope=1.0, compress=compress,
                                series_description=f"synthetic chest {vol.spacing[0]:g}mm", **var)
             path = folder
         lesion_tables.append(ph.lesions)
+        report["drawn"].append({"patient_id": pid, "seriesuid": uid,
+                                **{k: v for k, v in vol.meta.items() if k not in ("synthetic", "generator")}})
         dist_tables.append(ph.distractors)
         label_rows.append({"patient_id": pid, "cancer": ph.cancer})
         if on_patient is not None:
@@ -212,6 +237,7 @@ def synth_dataset(out_dir, *, patients: int, seed: int, layout: str = "dicom", s
                         "spacing_mm": vol.spacing, "lesions": len(ph.lesions), "cancer": ph.cancer})
         del ph, vol
 
+    _write_json(report, out / "domain.json")
     lesions = pd.concat(lesion_tables, ignore_index=True) if lesion_tables else pd.DataFrame(columns=LESION_COLUMNS)
     dist = pd.concat(dist_tables, ignore_index=True) if dist_tables else pd.DataFrame(columns=DISTRACTOR_COLUMNS)
     labels = pd.DataFrame(label_rows, columns=["patient_id", "cancer"])
