@@ -54,6 +54,20 @@ def add_parser(sub, parents):
     d.add_argument("--dsb-labels", metavar="CSV",
                    help="DSB2017 stage1_labels.csv (id,cancer): patient labels, used as weak malignancy "
                         "labels (see lungcad.train.data.apply_patient_labels)")
+    d.add_argument("--backgrounds", metavar="DIR",
+                   help="real CT scans without reads (any folder; DICOM, .mhd, NIfTI): lesions are inserted "
+                        "with each scan's blur and noise, and hard negatives mined from its anatomy. Series "
+                        "beside or below annotations (LIDC XML, annotations.csv, Annotation/) are refused")
+    d.add_argument("--background-lesions", type=int, default=4, metavar="N",
+                   help="lesions inserted into each draw of a background")
+    d.add_argument("--background-draws", type=int, default=3, metavar="N",
+                   help="cases made from each background (different lesions, seeds [--seed, scan, draw])")
+    d.add_argument("--background-negatives", type=int, default=24, metavar="N",
+                   help="hard negatives from the real anatomy per draw")
+    d.add_argument("--exclusions", metavar="CSV",
+                   help="known lesions of the backgrounds to keep 30 mm from (series,coordX,coordY,coordZ,"
+                        "diameter_mm; series is a SeriesInstanceUID or folder name), besides the package's "
+                        "table and DIR/exclusions.csv")
     d.add_argument("--max-cases", type=int, metavar="N", help="use at most N scans of each folder source")
     d.add_argument("--holdout", type=int, default=0, metavar="N",
                    help="evaluate on N fresh phantoms at the end (metrics go into the model card)")
@@ -166,6 +180,20 @@ def gather_cases(args) -> tuple[list, dict]:
         cases += found
         sources.append({"source": "lidc-idri", "path": str(args.lidc), "n": len(found), "min_readers": 3,
                         "malignancy_target": "(mean rating - 1) / 4"})
+    if args.backgrounds:
+        report: list = []
+        found = D.background_cases(args.backgrounds, draws=args.background_draws,
+                                   lesions_per_draw=args.background_lesions,
+                                   negatives_per_draw=args.background_negatives, seed=args.seed,
+                                   exclusions=args.exclusions, max_cases=args.max_cases, report=report)
+        cases += found
+        # ``report`` fills in as the draws load, before the card is written
+        sources.append({"source": "backgrounds", "path": str(args.backgrounds), "n": len(found),
+                        "exclusions": str(args.exclusions) if args.exclusions else None,
+                        "lesions_per_draw": args.background_lesions,
+                        "negatives_per_draw": args.background_negatives, "scans": report})
+    elif args.exclusions:
+        raise argparse.ArgumentTypeError("--exclusions goes with --backgrounds DIR")
     if args.dsb:
         if not args.dsb_labels:
             raise argparse.ArgumentTypeError("--dsb needs --dsb-labels (stage1_labels.csv)")
@@ -181,7 +209,7 @@ def gather_cases(args) -> tuple[list, dict]:
                         "matched": sum(c.patient_id in labels for c in cases)})
     if not cases:
         raise argparse.ArgumentTypeError("no training data: give --synthetic N, --synthetic-dir, "
-                                         "--luna16, --lidc and/or --dsb with --dsb-labels")
+                                         "--luna16, --lidc, --backgrounds and/or --dsb with --dsb-labels")
     return cases, {"sources": sources, "n_scans": len(cases),
                    "n_patients": len({c.patient_id for c in cases})}
 

@@ -9,7 +9,7 @@
 ``KERAS_BACKEND`` before importing it.
 """
 from lungcad.train.common import TrainResult, TrainSettings, detect_candidates, match_candidates, roc_auc
-from lungcad.train.data import (Case, CaseRef, apply_patient_labels, dsb2017_cases, lidc_cases, luna16_cases,
+from lungcad.train.data import (Case, CaseRef, apply_patient_labels, background_cases, dsb2017_cases, lidc_cases, luna16_cases,
                                 read_patient_labels, sphere_mask, split_by_patient, synth_dir_cases,
                                 synthetic_cases, with_patient_labels)
 from lungcad.train.datasets import FPRDataset, SegmenterDataset
@@ -17,7 +17,7 @@ from lungcad.train.fpr import evaluate_fpr, mine_hard_negatives, train_fpr
 from lungcad.train.segmenter import build_segmenter, evaluate_segmenter, train_segmenter
 
 __all__ = ["Case", "CaseRef", "FPRDataset", "SegmenterDataset", "TrainResult", "TrainSettings",
-           "apply_patient_labels", "build_segmenter", "detect_candidates", "dsb2017_cases", "evaluate_fpr",
+           "apply_patient_labels", "background_cases", "build_segmenter", "detect_candidates", "dsb2017_cases", "evaluate_fpr",
            "evaluate_segmenter", "lidc_cases", "luna16_cases", "match_candidates", "mine_hard_negatives",
            "read_patient_labels", "roc_auc", "sphere_mask", "split_by_patient", "synth_dir_cases",
            "synthetic_cases", "train_fpr", "train_segmenter", "with_patient_labels"]
