@@ -410,6 +410,12 @@ def test_domain_lesion_kinds_are_drawn_at_their_shares_and_never_by_default():
     a = draw_specs(np.random.default_rng(4), n_nodules=6, n_masses=2)
     b = draw_specs(np.random.default_rng(4), n_nodules=6, n_masses=2, domain="default")
     assert a == b and not any(s.shape in DOMAIN_SHAPES or s.through_vessels for s in a)
+    # asked for by name: a texture and a size that suit the kind
+    for _ in range(30):
+        s = complete_spec(rng, {"shape": "cavitated"})
+        assert s.texture == "solid" and s.diameter_mm >= L.cavitated_min_mm
+        s = complete_spec(rng, {"through_vessels": True})
+        assert s.texture in ("ground-glass", "part-solid") and s.through_vessels
     # given fields are respected
     for _ in range(50):
         s = complete_spec(rng, {"texture": "calcified"}, domain="randomized")

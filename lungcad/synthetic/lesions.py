@@ -103,6 +103,10 @@ def complete_spec(rng: np.random.Generator, given: Mapping[str, Any], *,
                          f"through_vessels. Received unknown keys {sorted(unknown)}")
     if _dom.check_domain(domain) != "default" and given.get("shape") is None and not given.get("through_vessels"):
         given = _draw_domain_kind(rng, given, nodule_diameter_mm, mass_diameter_mm)
+    elif given.get("shape") in DOMAIN_SHAPES or given.get("through_vessels"):
+        # asked for by name: a texture and a size that suit the kind
+        pick = "ggo" if given.get("shape") is None else given["shape"]
+        given = _draw_domain_kind(rng, given, nodule_diameter_mm, mass_diameter_mm, pick=pick)
     kind = given.get("kind")
     d = given.get("diameter_mm")
     if kind is None:
@@ -157,20 +161,20 @@ def complete_spec(rng: np.random.Generator, given: Mapping[str, Any], *,
     return LesionSpec(kind, texture, location, shape, d, bool(given.get("through_vessels", False)))
 
 
-def _draw_domain_kind(rng, given: Mapping[str, Any], nodule_diameter_mm, mass_diameter_mm) -> dict:
+def _draw_domain_kind(rng, given: Mapping[str, Any], nodule_diameter_mm, mass_diameter_mm, pick=None) -> dict:
     """With the shares of :class:`~lungcad.synthetic.domain.LesionRanges`, turn a free spec into
     one of the randomised domains' kinds (fields that ``given`` fixes are kept; a kind that
     they rule out is not drawn)."""
     L = _dom.RANDOMIZED.lesions
-    u = float(rng.random())
-    kinds = (("convergent", L.convergent_p), ("irregular", L.irregular_p), ("cavitated", L.cavitated_p),
-             ("ggo", L.ggo_with_vessels_p))
-    pick = None
-    for name, p in kinds:
-        if u < p:
-            pick = name
-            break
-        u -= p
+    if pick is None:
+        u = float(rng.random())
+        kinds = (("convergent", L.convergent_p), ("irregular", L.irregular_p), ("cavitated", L.cavitated_p),
+                 ("ggo", L.ggo_with_vessels_p))
+        for name, p in kinds:
+            if u < p:
+                pick = name
+                break
+            u -= p
     if pick is None:
         return dict(given)
     out = dict(given)
