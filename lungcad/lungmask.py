@@ -463,8 +463,37 @@ _MAX_HOLE_MM2 = 1000.0      # largest hole filled in a slice (a disc of 36 mm)
 _GAIN_MARGIN_MM = 2.0       # margin around what the ball closing adds
 
 
+def _lung_beneath(lung: np.ndarray, superior_is_high: bool) -> np.ndarray:
+    """True where some voxel of ``lung`` lies beneath (toward the feet) in the same column."""
+    m = lung if superior_is_high else lung[::-1]
+    below = np.zeros_like(m)
+    np.logical_or.accumulate(m[:-1], axis=0, out=below[1:])
+    return below if superior_is_high else below[::-1]
+
+
+def _drop_subphrenic(added: np.ndarray, beneath: np.ndarray) -> np.ndarray:
+    """The parts of ``added`` (holes filled, ball-closing gain) that are not organs below the lung.
+
+    The liver dome, the spleen, the stomach and the base of the heart bulge up into the lungs
+    from below: seen through the lung, they are holes in its slices, and narrower than the ball
+    of the mass closing near their tops.  What sets them apart from a nodule or a mass is what
+    lies beneath: an organ rises from the abdomen, so no lung lies under it, while lung lies
+    beneath a lesion inside the lung or against the mediastinum.  Each 3-D component of
+    ``added`` is kept whole when lung lies beneath at least half of its voxels, and dropped
+    whole otherwise.
+    """
+    lab, n = ndimage.label(added)
+    if n == 0:
+        return added
+    total = np.bincount(lab.ravel(), minlength=n + 1)
+    under = np.bincount(lab.ravel(), weights=beneath.ravel(), minlength=n + 1)
+    keep = under * 2 >= total
+    keep[0] = False
+    return keep[lab]
+
+
 def _refine_lung(lung: np.ndarray, allowed: np.ndarray, sp: np.ndarray, *, closing_mm: float,
-                 mass_mm: float, mass_grid_mm: float) -> np.ndarray:
+                 mass_mm: float, mass_grid_mm: float, superior_is_high: bool = True) -> np.ndarray:
     """Hole filling, in-plane closing and ball closing of one lung (see module doc)."""
     pad_mm = mass_mm + 2 * float(sp.max())
     pad = (int(math.ceil(mass_mm / sp[0])) + 1,) + tuple(int(math.ceil(pad_mm / s))
@@ -472,9 +501,11 @@ def _refine_lung(lung: np.ndarray, allowed: np.ndarray, sp: np.ndarray, *, closi
     box = _crop_box(lung, pad)
     m = lung[box]
     ok = allowed[box]
+    beneath = _lung_beneath(m, superior_is_high)
     # vessels and nodules inside the lung; a larger hole is the top of the diaphragm's dome or
     # of the heart, seen through the lung (a mass that size is the ball closing's business)
-    m = _fill_holes(m, slicewise=True, max_size=int(_MAX_HOLE_MM2 / (sp[1] * sp[2])))
+    holes = _fill_holes(m, slicewise=True, max_size=int(_MAX_HOLE_MM2 / (sp[1] * sp[2]))) & ~m
+    m = m | _drop_subphrenic(holes, beneath)
     if closing_mm > 0:
         # in-plane, on the lung's own slices and bounding box (with a margin)
         inner = _crop_box(m, (0,) + tuple(int(math.ceil(closing_mm / s)) + 1 for s in sp[1:]))
@@ -482,7 +513,8 @@ def _refine_lung(lung: np.ndarray, allowed: np.ndarray, sp: np.ndarray, *, closi
     if mass_mm > 0:
         gain = _ball_closing_gain(m, sp, mass_mm, mass_grid_mm)
         # the gain is known to a grid cell: a margin keeps the lesion's edge
-        m |= _dilate_disc(gain, _GAIN_MARGIN_MM, sp) & ok
+        gain = _dilate_disc(gain, _GAIN_MARGIN_MM, sp) & ok & ~m
+        m |= _drop_subphrenic(gain, beneath)
     m = _fill_holes(m, slicewise=False)
     out = np.zeros_like(lung)
     out[box] = m
@@ -581,7 +613,8 @@ def segment_lungs(hu, *, spacing, direction=None, threshold_hu: float = -320.0,
             one = lungs == label
             other = (lungs > 0) & ~one
             out |= _refine_lung(one, allowed & ~other, csp, closing_mm=closing_mm,
-                                mass_mm=mass_mm, mass_grid_mm=mass_grid_mm)
+                                mass_mm=mass_mm, mass_grid_mm=mass_grid_mm,
+                                superior_is_high=superior_is_high)
 
     mask = _fine_mask(out, lungs > 0, hu, fy, fx, threshold_hu)
     volume_ml = float(mask.sum()) * voxel_ml
