@@ -4,6 +4,7 @@
                           [--plot froc.png] [--json out.json] [--nodules nodules.csv]
                           [--bootstrap N] [--seed K]
     lungcad evaluate patients --labels L --predictions P [--plot calib.png] [--json out.json]
+    lungcad evaluate family validation|shifted --out DIR [--pipeline FILE] [--patients N]
 """
 from __future__ import annotations
 
@@ -56,7 +57,43 @@ def add_parser(sub, parents):
     q.add_argument("--plot", help="write the calibration plot to this PNG")
     q.add_argument("--json", help="write the results to this JSON file")
     q.set_defaults(func=run_patients)
+
+    g = kinds.add_parser(
+        "family", parents=parents, help="write, detect and score a phantom family of the generalisation protocol",
+        description="The generalisation protocol (lungcad.protocol): write the validation family (small "
+                    "phantoms from the training ranges; choose networks and settings on it) or the shifted "
+                    "family (full-size phantoms from the bands held out of training; never choose on it), "
+                    "run lungcad detect over it, and score the FROC with a bootstrap CI and the patient AUC. "
+                    "Writes OUT/data, OUT/detect and OUT/results.json (with the commit and the weights' sha256).")
+    g.add_argument("family", choices=["validation", "shifted"])
+    g.add_argument("--out", required=True, metavar="DIR", help="working folder (reused: phantoms and detect resume)")
+    g.add_argument("--pipeline", metavar="FILE", help="pipeline TOML (default: the shipped pipeline)")
+    g.add_argument("--patients", type=int, help="score only the first N patients (a quick look, not the family)")
+    g.add_argument("--size", type=int, help="rows and columns (default: the family's)")
+    g.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap samples (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.set_defaults(func=run_family)
     return p
+
+
+def run_family(args: argparse.Namespace) -> int:
+    import sys
+
+    from lungcad.errors import InputError
+    from lungcad.protocol import format_result, score_family
+
+    if args.bootstrap < 0:
+        return _usage(args, f"--bootstrap must be >= 0. Received {args.bootstrap}")
+    try:
+        r = score_family(args.family, args.out, pipeline=args.pipeline, patients=args.patients, size=args.size,
+                         n_bootstrap=args.bootstrap, seed=args.seed,
+                         progress=sys.stdout.isatty() and not args.no_progress)
+    except ValueError as e:
+        raise InputError(None, str(e)) from e
+    print(format_result(r))
+    print(f"results: {args.out}/results.json")
+    return 1 if r["scans"]["failed"] else 0
 
 
 def _usage(args, message: str) -> int:
