@@ -560,3 +560,24 @@ def test_cli_train_rejects_bad_options(tmp_path):
                  "--out", str(tmp_path / "x.keras")]) == 2
     assert main(["train", "fpr", "--synthetic", "1", "--model-kwargs", "[1]",
                  "--out", str(tmp_path / "x.keras")]) == 2
+
+
+def test_randomized_training_phantoms_draw_their_own_thickness_and_families_are_refused(tmp_path):
+    """--phantom-kwargs '{"domain": "randomized"}': the domain draws the slice thickness and pixel
+    size (held-out bands left out), not the fixed training protocol; an evaluation family's folder
+    is refused as training data."""
+    import json as _json
+
+    from lungcad.errors import InputError
+    from lungcad.synthetic.phantom import draw_domain_factors
+    from lungcad.train.data import SLICE_PROTOCOLS, phantom_protocol, synth_dir_cases, synthetic_cases
+
+    seed = 5
+    case = synthetic_cases(1, seed=seed, phantom_kwargs={"domain": "randomized", "vessel_density": 0.3})[0].load()
+    want = draw_domain_factors(seed, domain="randomized", shape=phantom_protocol(seed)["shape"])
+    assert case.volume.spacing == pytest.approx(tuple(want["spacing"]))
+    assert case.volume.spacing[0] not in [s for s, _ in SLICE_PROTOCOLS]
+    (tmp_path / "lesions.csv").write_text("lesion_id,patient_id,seriesuid\n")
+    (tmp_path / "domain.json").write_text(_json.dumps({"domain": "randomized", "seed": 950000}))
+    with pytest.raises(InputError, match="evaluation family"):
+        synth_dir_cases(tmp_path)

@@ -290,7 +290,9 @@ def synthetic_cases(n: int, *, seed: int = 0, full_size: bool = False, pixel_mm:
     Each seed gets its own protocol (:func:`phantom_protocol`).  A share ``mass_fraction``
     of the phantoms get a mass (30-70 mm, most touching the mediastinum or hilum, as the
     generator places them), against about 30 % by the generator's own draw, because masses
-    are what a threshold-based pipeline loses.  ``phantom_kwargs`` go to
+    are what a threshold-based pipeline loses.  With ``phantom_kwargs={"domain": "randomized"}``
+    (and no ``slice_mm``) the generator draws the slice thickness and the pixel size from the
+    domain's ranges; only the matrix size comes from the protocol.  ``phantom_kwargs`` go to
     :func:`lungcad.synthetic.generate_phantom` and override these choices.  With
     ``cache_dir``, a phantom is generated once and read back from an ``.npz`` file there
     (the segmenter and FPR trainings then share their phantoms).
@@ -298,8 +300,13 @@ def synthetic_cases(n: int, *, seed: int = 0, full_size: bool = False, pixel_mm:
     if int(n) < 0:
         raise ValueError(f"n: expected a number of phantoms >= 0. Received {n!r}")
     refs = []
+    randomized = (phantom_kwargs or {}).get("domain", "default") != "default"
     for s in range(int(seed), int(seed) + int(n)):
         kw = phantom_protocol(s, full_size=full_size, pixel_mm=pixel_mm, slice_mm=slice_mm)
+        if randomized and slice_mm is None:
+            # a randomised domain draws the slice thickness, the increment and the pixel size
+            # itself (lungcad.synthetic.domain, held-out bands left out); keep the matrix only
+            kw = {"shape": kw["shape"]}
         rng = np.random.default_rng([s, 11])
         kw["n_masses"] = int(rng.random() < mass_fraction)
         kw.update(phantom_kwargs or {})
@@ -355,6 +362,26 @@ def _cached_phantom_case(seed: int, kw: dict, cache_dir) -> Case:
     return case
 
 
+def _refuse_evaluation_family(root: Path) -> None:
+    """An evaluation family of the generalisation protocol (lungcad.protocol) is never trained on."""
+    import json
+
+    from lungcad.synthetic import domain
+
+    for name in ("family.json", "domain.json"):
+        f = root / name
+        if not f.is_file():
+            continue
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f, f"unreadable: {e}") from e
+        if name == "family.json" or d.get("domain") == "shifted" or \
+                d.get("seed") in (domain.VALIDATION_SEED, domain.SHIFTED_SEED):
+            raise InputError(root, "holds an evaluation family of the generalisation protocol "
+                                   f"({f.name}: domain {d.get('domain')}, seed {d.get('seed')}); it is never trained on")
+
+
 def synth_dir_cases(root: str | Path, *, max_cases: int | None = None) -> list[CaseRef]:
     """Cases of a folder written by ``lungcad synth`` (any layout: dicom, luna16, dsb2017).
 
@@ -370,6 +397,7 @@ def synth_dir_cases(root: str | Path, *, max_cases: int | None = None) -> list[C
     les_path = root / "lesions.csv"
     if not les_path.is_file():
         raise InputError(root, "no lesions.csv: expected a folder written by `lungcad synth`")
+    _refuse_evaluation_family(root)
     lesions = pd.read_csv(les_path, dtype={"seriesuid": str, "patient_id": str})
     dist_path = root / "distractors.csv"
     dist = pd.read_csv(dist_path, dtype={"seriesuid": str}) if dist_path.is_file() else pd.DataFrame(
