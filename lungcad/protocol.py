@@ -18,7 +18,6 @@ sha256 and the largest P(cancer) of a healthy patient.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -49,14 +48,6 @@ def family_spec(name: str, *, patients: int | None = None, size: int | None = No
     if size is not None:
         spec["size"] = int(size)
     return spec
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _commit() -> str | None:
@@ -114,6 +105,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     """
     from lungcad.api import detect, make_pipeline
     from lungcad.evaluate import froc, patient_metrics, read_annotations, read_candidates
+    from lungcad.train.common import sha256
 
     spec = family_spec(name, patients=patients, size=size)
     out = Path(out_dir)
@@ -134,7 +126,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     weights = {}
     for role, w in (("segmenter", cfg.candidates.weights), ("fpr", cfg.fpr.weights)):
         path = Path(cfg.resolve_weights(w))
-        weights[role] = {"file": str(w), "sha256": _file_sha256(path)}
+        weights[role] = {"file": str(w), "sha256": sha256(path)}
     froc_d = fr.to_dict()
     result = {
         "family": spec, "full_family": spec["patients"] == FAMILIES[name]["patients"]

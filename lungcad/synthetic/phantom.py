@@ -107,14 +107,19 @@ class _Frame:
         return np.asarray(uvw, dtype=float) + np.array([self.cx, self.cy, self.z_apex])
 
 
-def _draw_geometry(rng, shape, spacing, slice_mm):
-    """Shape (z, y, x), spacing (z, y, x) and the field of view of the scan."""
+def _check_shape(shape) -> tuple:
+    """(slices or None, rows, columns), with at least 32 rows and columns."""
     if len(shape) != 3:
         raise ValueError(f"shape expected (slices or None, rows, columns). Received shape={shape}")
     nz, ny, nx = shape
     if ny is None or nx is None or int(ny) < 32 or int(nx) < 32:
         raise ValueError(f"shape needs at least 32 rows and columns. Received shape={shape}")
-    ny, nx = int(ny), int(nx)
+    return nz, int(ny), int(nx)
+
+
+def _draw_geometry(rng, shape, spacing, slice_mm):
+    """Shape (z, y, x), spacing (z, y, x) and the field of view of the scan."""
+    nz, ny, nx = _check_shape(shape)
     A = draw_body_half_width(rng)
     fov = float(np.clip(2.0 * A + rng.uniform(12.0, 70.0), 300.0, 460.0))
     if spacing is None:
@@ -524,12 +529,7 @@ def _draw_geometry_domain(rng, an: Anatomy, sc, shape, spacing, slice_mm):
     thickness of the scanner (``slice_mm`` or ``spacing[0]`` force both), and the scan range:
     from the apex or from the neck, to the upper abdomen or to the lung bases."""
     R = _dom.RANDOMIZED.anatomy
-    if len(shape) != 3:
-        raise ValueError(f"shape expected (slices or None, rows, columns). Received shape={shape}")
-    nz, ny, nx = shape
-    if ny is None or nx is None or int(ny) < 32 or int(nx) < 32:
-        raise ValueError(f"shape needs at least 32 rows and columns. Received shape={shape}")
-    ny, nx = int(ny), int(nx)
+    nz, ny, nx = _check_shape(shape)
     half, front, back = body_extent(an)
     fov = 2.0 * max(half, front + 8.0, back + 70.0 if an.table else back) + float(rng.uniform(10.0, 50.0))
     cut = _dom.band_uniform(rng, R.fov_cut_mm) if rng.random() < R.fov_cut_p else 0.0
