@@ -574,15 +574,21 @@ def _draw_geometry_domain(rng, an: Anatomy, sc, shape, spacing, slice_mm):
     return (nz, ny, nx), (float(inc), float(ps), float(ps)), sc, plan
 
 
+def _scan_centre(rng, an: Anatomy, ny: int, nx: int, ps: float):
+    """In-plane origin (x, y) of the scan and the body centre (cx, cy) in it, world mm."""
+    ox = -0.5 * nx * ps + float(rng.uniform(-10.0, 10.0))
+    oy = -0.5 * ny * ps + float(rng.uniform(-10.0, 10.0))
+    cx = ox + 0.5 * nx * ps + float(rng.uniform(-8.0, 8.0))
+    cy = oy + 0.5 * ny * ps - 0.5 * (an.Bp - an.Ba) + float(rng.uniform(-8.0, 8.0)) - 6.0
+    return ox, oy, cx, cy
+
+
 def _place_scan_domain(rng, an: Anatomy, shape, spacing, plan):
     """World origin, patient frame and field-of-view mask of a randomised scan.  With the
     number of slices given, the scan keeps its start (its end when it stops at the bases)."""
     nz, ny, nx = shape
     step, ps = spacing[0], spacing[1]
-    ox = -0.5 * nx * ps + float(rng.uniform(-10.0, 10.0))
-    oy = -0.5 * ny * ps + float(rng.uniform(-10.0, 10.0))
-    cx = ox + 0.5 * nx * ps + float(rng.uniform(-8.0, 8.0))
-    cy = oy + 0.5 * ny * ps - 0.5 * (an.Bp - an.Ba) + float(rng.uniform(-8.0, 8.0)) - 6.0
+    ox, oy, cx, cy = _scan_centre(rng, an, ny, nx, ps)
     oz = float(rng.uniform(-450.0, 50.0))
     length = (nz - 1) * step
     z_apex = oz + length - plan["top_w"] if plan["anchor"] == "top" else oz - plan["bottom_w"]
@@ -597,10 +603,7 @@ def _place_scan(rng, an: Anatomy, shape, spacing):
     """World origin of the scan, the patient frame in it, and the field-of-view mask."""
     nz, ny, nx = shape
     step, ps = spacing[0], spacing[1]
-    ox = -0.5 * nx * ps + float(rng.uniform(-10.0, 10.0))
-    oy = -0.5 * ny * ps + float(rng.uniform(-10.0, 10.0))
-    cx = ox + 0.5 * nx * ps + float(rng.uniform(-8.0, 8.0))
-    cy = oy + 0.5 * ny * ps - 0.5 * (an.Bp - an.Ba) + float(rng.uniform(-8.0, 8.0)) - 6.0
+    ox, oy, cx, cy = _scan_centre(rng, an, ny, nx, ps)
     length = (nz - 1) * step
     oz = float(rng.uniform(-450.0, 50.0))
     top = oz + length
