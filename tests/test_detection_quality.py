@@ -16,15 +16,18 @@ from lungcad.synthetic import generate_phantom
 
 # Guarded levels (see README "Results"): measured with the shipped weights, minus a margin.
 PHANTOM_MIN_CPM = 0.80              # measured 0.837; issue 5 target: 0.8
-PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 2, 1); issue 5 target: 4
+PETCT_MIN_SERIES_IN_TOP3 = 4        # measured 4 (ranks 0, 0, 0, 1 with the fifth FPR round); issue 5 target: 4
 PETCT_MAX_RANK = 2                  # the same, said as a rank
-PETCT_MIN_PATIENT_PROB = 0.55       # measured A0001 0.67/0.86, A0002 0.64/0.63 with the shipped
+PETCT_MIN_PATIENT_PROB = 0.55       # measured A0001 0.92/0.90, A0002 0.72/0.66 with the shipped
                                     # [aggregate] calibration; target: 0.5
 PETCT_MIN_TUMOUR_SPAN = 0.8         # the tumour's longest candidate spans >= this share of its
                                     # annotated slices: measured 26/9, 18/11, 12/10, 13/8 slices
                                     # (linking by centroid distance alone: 4/9, 6/11, 5/10, 5/8)
 LIDC_MIN_HITS_ANY = 3
-LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 0, 1, 4); issue 5 target: 3
+LIDC_MIN_HITS_IN_TOP10 = 3          # measured 3 (first hits at ranks 2, 1, 0); issue 5 target: 3
+LIDC_MIN_HITS_IN_TOP3 = 3           # the same ranks; issue 19 target: each in the top 3
+VALIDATION4_MIN_CPM = 0.70          # the first 4 patients of the validation family (7 nodules):
+                                    # measured 0.796 (all 12: 0.652; the FPR shipped before: 0.562)
 FPR_MIN_AUC = 0.90                  # measured 0.957 (nodules vs vessel crossings, one view per patch)
 
 
@@ -107,6 +110,17 @@ def test_lidc_0003_reference_lesions_are_found(pipeline, lidc_dir):
     assert len(ranks) == 3
     assert sum(r is not None for r in ranks) >= LIDC_MIN_HITS_ANY, f"first-hit ranks {ranks}"
     assert sum(r is not None and r < 10 for r in ranks) >= LIDC_MIN_HITS_IN_TOP10, f"first-hit ranks {ranks}"
+    assert sum(r is not None and r < 3 for r in ranks) >= LIDC_MIN_HITS_IN_TOP3, f"first-hit ranks {ranks}"
+
+
+def test_validation_family_first_patients(pipeline, tmp_path):
+    """The generalisation protocol's validation family (randomised domain, the training ranges):
+    its first 4 patients, scored by the protocol's own command."""
+    from lungcad.protocol import score_family
+
+    r = score_family("validation", tmp_path, pipeline=pipeline, patients=4, n_bootstrap=0)
+    assert r["scans"]["failed"] == 0 and r["froc"]["n_nodules"] == 7
+    assert r["froc"]["cpm"] >= VALIDATION4_MIN_CPM, r["froc"]
 
 
 def test_fpr_ranks_nodules_above_vessel_crossings(pipeline):
