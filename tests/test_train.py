@@ -160,9 +160,36 @@ def test_segmenter_tiles_are_prepare_slices_crops(toys):
     ref, _ = prepare_slices(case.volume.hu[:, box[1], box[2]], spacing=case.volume.spacing,
                             context_slices=1, pixel_mm=1.25, window_hu=(-1000.0, 400.0), tile=1)
     lo = max(box[0].start - 1, 0)          # the dataset keeps one slice of context below the box
-    img, tgt = ds._tile(ent, 20 - lo, 60, 70, np.random.default_rng(0))
+    img, tgt, unknown = ds._tile(ent, 20 - lo, 60, 70, np.random.default_rng(0))
+    assert not unknown
     np.testing.assert_allclose(img, ref[20, 28:92, 38:102], atol=2e-3)
     assert tgt.shape == (64, 64) and tgt.sum() > 0       # the lesion (y 80 +- 10, x 45 at 1.5 mm) is there
+
+
+def test_segmenter_tiles_avoid_lesions_of_unknown_label():
+    """A lesion whose nodule status is unknown (a real lesion of a background scan and its
+    exclusion zone) is shown to the segmenter neither as lesion nor as background: no tile
+    reaches it, whatever the augmentation."""
+    case = toy_case(5)
+    vol = case.volume
+    centre = vol.voxel_to_world([20, 80, 115])              # in the right lung
+    zone = D.lesion_table([{"coordX": centre[0], "coordY": centre[1], "coordZ": centre[2],
+                            "diameter_mm": 12.0, "nodule": np.nan, "malignancy": np.nan}])
+    vol.hu[D.sphere_mask(vol, zone)] = 1500                 # windowed to 1.0: nothing else is
+    case.lesions = D.lesion_table(pd.concat([case.lesions, zone], ignore_index=True))
+    assert case.unknown_target().sum() == D.sphere_mask(vol, zone).sum() > 0
+    assert toy_case(0).unknown_target() is None
+    ds = SegmenterDataset([case], tile=32, batch_size=8, steps=25, positive_fraction=0.25, seed=2)
+    assert ds.pool.entries[0].unknown is not None
+    seen = 0
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x[..., 1].max() < 0.99                       # never the unknown lesion
+        seen += int((y.reshape(8, -1).max(axis=1) > 0).sum())
+    assert seen == pytest.approx(0.25 * 8 * 25, abs=1)      # the known lesion is still shown
+    # without the rule, the same tiles would have reached it
+    ds.pool.entries[0].unknown = None
+    assert max(ds[i][0][..., 1].max() for i in range(len(ds))) >= 0.99
 
 
 # ------------------------------------------------------------------------------ FPR data

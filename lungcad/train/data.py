@@ -108,6 +108,14 @@ class Case:
         mask = np.asarray(self.lesion_mask, dtype=bool)
         return mask | sphere_mask(self.volume, small) if len(small) else mask
 
+    def unknown_target(self) -> np.ndarray | None:
+        """Boolean (z, y, x) spheres of the lesions whose nodule status is unknown (NaN),
+        such as the known real lesions of a background scan and their exclusion zones; None
+        when there are none.  The segmenter is taught neither "lesion" nor "background" there.
+        """
+        unknown = self.lesions[self.lesions["nodule"].isna() & self.lesions["diameter_mm"].notna()]
+        return sphere_mask(self.volume, unknown) if len(unknown) else None
+
 
 @dataclass
 class CaseRef:

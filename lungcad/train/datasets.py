@@ -172,6 +172,7 @@ class _SegEntry:
     target: np.ndarray         # (z, Y, X) uint8 0/1
     z_range: tuple[int, int]   # slices of the lung box inside ``image`` (tile centres)
     components: list[np.ndarray]  # per lesion: (n, 3) int (z, y, x) pixels of its target
+    unknown: np.ndarray | None = None  # (z, Y, X) uint8: 1 where the label is unknown (no tile there)
 
 
 class SegmenterDataset(_PyDataset):
@@ -247,8 +248,12 @@ class SegmenterDataset(_PyDataset):
                 if len(pts) > 4000:
                     pts = pts[np.random.default_rng([self.seed, i]).choice(len(pts), 4000, replace=False)]
                 comps.append(pts.astype(np.int32))
+        unknown = case.unknown_target() if hasattr(case, "unknown_target") else None
+        if unknown is not None:
+            umap, _ = prepare_slices(unknown[lo:hi, box[1], box[2]].astype(np.float32), window_hu=(0.0, 1.0), **kw)
+            unknown = (umap[..., 0] > 0.0).astype(np.uint8) if (umap[..., 0] > 0.0).any() else None
         return _SegEntry(case.patient_id, img[..., 0].astype(np.float16), target,
-                         (z0 - lo, z0 - lo + (z1 - z0)), comps)
+                         (z0 - lo, z0 - lo + (z1 - z0)), comps, unknown)
 
     # ---- PyDataset ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -273,22 +278,29 @@ class SegmenterDataset(_PyDataset):
         x = np.empty((self.batch_size, T, T, C), dtype=np.float32)
         y = np.empty((self.batch_size, T, T, 1), dtype=np.float32)
         for b, positive in enumerate(kinds):
-            if positive:
-                ent = entries[with_lesion[rng.integers(len(with_lesion))]]
-                comp = ent.components[rng.integers(len(ent.components))]
-                zc, yc, xc = comp[rng.integers(len(comp))]
-                reach = max(T / 2.0 - 12.0, 0.0)
-                yc = yc + rng.uniform(-reach, reach)
-                xc = xc + rng.uniform(-reach, reach)
-            else:
-                ent = entries[rng.integers(len(entries))]
-                zc = rng.integers(ent.z_range[0], max(ent.z_range[1], ent.z_range[0] + 1))
-                yc = rng.uniform(0, ent.image.shape[1])
-                xc = rng.uniform(0, ent.image.shape[2])
-            x[b], y[b, ..., 0] = self._tile(ent, int(zc), float(yc), float(xc), rng)
+            # a tile that would show a lesion of unknown label is drawn again (up to 20 times)
+            for _ in range(20):
+                if positive:
+                    ent = entries[with_lesion[rng.integers(len(with_lesion))]]
+                    comp = ent.components[rng.integers(len(ent.components))]
+                    zc, yc, xc = comp[rng.integers(len(comp))]
+                    reach = max(T / 2.0 - 12.0, 0.0)
+                    yc = yc + rng.uniform(-reach, reach)
+                    xc = xc + rng.uniform(-reach, reach)
+                else:
+                    ent = entries[rng.integers(len(entries))]
+                    zc = rng.integers(ent.z_range[0], max(ent.z_range[1], ent.z_range[0] + 1))
+                    yc = rng.uniform(0, ent.image.shape[1])
+                    xc = rng.uniform(0, ent.image.shape[2])
+                img, tgt, unknown = self._tile(ent, int(zc), float(yc), float(xc), rng)
+                if not unknown:
+                    break
+            x[b], y[b, ..., 0] = img, tgt
         return x, y
 
-    def _tile(self, ent: _SegEntry, zc: int, yc: float, xc: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    def _tile(self, ent: _SegEntry, zc: int, yc: float, xc: float, rng
+              ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The image and target tile, and whether it shows any pixel of unknown label."""
         T, c = self.tile, self.context_slices
         zs = context_indices(ent.image.shape[0], c)[zc]
         if self.augment:
@@ -316,9 +328,13 @@ class SegmenterDataset(_PyDataset):
         tgt = ndimage.map_coordinates(ent.target[zc].astype(np.float32), coords, order=1,
                                       mode="constant", cval=0.0, prefilter=False).reshape(T, T)
         tgt = (tgt >= 0.5).astype(np.float32)
+        unknown = False
+        if ent.unknown is not None:
+            unknown = any(ndimage.map_coordinates(ent.unknown[z], coords, order=0, mode="constant",
+                                                  cval=0, prefilter=False).any() for z in set(zs))
         if self.augment:
             jitter_intensity(img, rng)
-        return img, tgt
+        return img, tgt, unknown
 
 
 # ----------------------------------------------------------------------------- FPR data
