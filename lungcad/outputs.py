@@ -341,17 +341,20 @@ class OutputDir:
     def _scan_files(self) -> list[Path]:
         return scan_files(self.root)
 
-    def load_scans(self) -> list[dict[str, Any]]:
-        """Every ``scans/*.json`` as a dict, sorted by id."""
+    def load_scans(self, *, problems: list | None = None) -> list[dict[str, Any]]:
+        """Every ``scans/*.json`` as a dict, sorted by id.
+
+        A file that is not a lungcad scan result raises :class:`InputError`; with a
+        ``problems`` list it is appended there instead (as the InputError) and left out.
+        """
         out = []
         for f in self._scan_files():
-            d = _read_json(f)
-            for k in ("series_uid", "patient_id", "cancer_probability", "candidates"):
-                if k not in d:
-                    raise InputError(f, f"not a lungcad scan result: no '{k}'. Delete it and run "
-                                        f"`lungcad detect` again to redo this scan")
-            d.setdefault("safe_id", f.stem)
-            out.append(d)
+            try:
+                out.append(_scan_record(f))
+            except InputError as e:
+                if problems is None:
+                    raise
+                problems.append(e)
         return out
 
     def load_errors(self, scans: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -372,7 +375,8 @@ class OutputDir:
 
     # -- the tables, the report, the manifest
 
-    def finalize(self, *, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finalize(self, *, run_info: dict[str, Any] | None = None,
+                 problems: list | None = None) -> dict[str, Any]:
         """Rebuild ``candidates.csv``, ``patients.csv``, ``errors.csv``, ``report.html`` and ``run.json``.
 
         Everything is rebuilt from the per-scan files on disk, so the tables cover every
@@ -385,6 +389,12 @@ class OutputDir:
             Written into ``run.json`` as given (versions, config, command, ...).  Known keys:
             ``this_run`` (``{"done", "failed", "skipped", "seconds"}``), or ``skipped`` and
             ``total_time_s``.
+        problems : list, optional
+            Without it, a file in ``scans/`` that is not a readable scan result raises
+            :class:`InputError` and nothing is written.  With it, each such file is appended
+            to ``problems`` (as the InputError), gets a row in ``errors.csv`` (stage
+            ``outputs``) and is left out of the other tables, so that a batch always ends
+            with its tables and ``run.json``.
 
         Returns
         -------
@@ -395,8 +405,15 @@ class OutputDir:
         run_info = dict(run_info or {})
         for folder in [self.root, self.scans_dir, self.errors_dir, *self.crops_dir.glob("*/")]:
             remove_stale_temp_files(folder)
-        scans = self.load_scans()
+        bad: list[InputError] = []
+        scans = self.load_scans(problems=None if problems is None else bad)
         errors = self.load_errors(scans)
+        if bad:
+            problems.extend(bad)
+            errors = sorted(errors + [{"path": e.path or "", "stage": "outputs", "message": e.problem,
+                                       "patient_id": "", "seriesuid": "", "safe_id": Path(e.path or "").stem}
+                                      for e in bad],
+                            key=lambda e: (e["path"], e["patient_id"], e["seriesuid"], e["stage"], e["safe_id"]))
         cands = candidates_table(scans)
         patients = patients_table(scans)
         errs = pd.DataFrame(table_records(errors), columns=ERRORS_CSV_COLUMNS)
@@ -430,6 +447,19 @@ class OutputDir:
         return run
 
 
+def _scan_record(f: Path) -> dict[str, Any]:
+    d = _read_json(f)
+    for k in ("series_uid", "patient_id", "cancer_probability", "candidates"):
+        if k not in d:
+            raise InputError(f, f"not a lungcad scan result: no '{k}'. Delete it and run "
+                                f"`lungcad detect` again to redo this scan")
+    if not isinstance(d["candidates"], list) or not all(isinstance(c, dict) for c in d["candidates"]):
+        raise InputError(f, "not a lungcad scan result: 'candidates' is not a list of records. Delete it "
+                            "and run `lungcad detect` again to redo this scan")
+    d.setdefault("safe_id", f.stem)
+    return d
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -444,10 +474,58 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def csv_text(df: pd.DataFrame) -> str:
-    """``df`` as the CSV text of lungcad's tables (no index, FLOAT_FORMAT, "\\n" line ends)."""
+    """``df`` as the CSV text of lungcad's tables (no index, FLOAT_FORMAT, "\\n" line ends),
+    its text made safe to open in a spreadsheet (:func:`safe_table`)."""
     buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+    safe_table(df).to_csv(buf, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- text safe to open
+
+#: A cell that starts with one of these is a formula to a spreadsheet (OWASP, CSV injection);
+#: a leading quote is added too, so that :func:`cell_value` can undo :func:`safe_cell` exactly.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character (C0 and DEL: NUL, ESC, newlines, tabs) written as a
+    visible ``\\xNN`` escape, so that a value read from a header can neither hide in nor break
+    a table cell, a log line or a terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def safe_cell(value):
+    """One table value made safe to open: text that a spreadsheet would run as a formula
+    (starting ``= + - @``, a tab or a carriage return, or a quote) gets a leading ``'``, as
+    OWASP advises, and control characters are escaped (:func:`escape_controls`).  Values that
+    are not text (numbers, None, NaN) are returned as they are; valid UIDs (digits and dots)
+    never change."""
+    if not isinstance(value, str):
+        return value
+    text = table_text(value)
+    prefix = "'" if text.startswith(FORMULA_START) else ""
+    return prefix + escape_controls(text)
+
+
+def cell_value(text):
+    """The value a text cell of lungcad's CSVs was written from: the quote that
+    :func:`safe_cell` adds removed (control characters stay escaped).  For readers that join
+    on a text column, such as patient ids."""
+    return text[1:] if isinstance(text, str) and text.startswith("'") else text
+
+
+def safe_table(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with :func:`safe_cell` applied to its text columns.  Columns are chosen by
+    dtype: numeric and boolean columns are left alone, so that -86.6 stays a number."""
+    out = df.copy()
+    for c in out.columns:
+        col = out[c]
+        if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_datetime64_any_dtype(col.dtype):
+            continue
+        out[c] = col.map(safe_cell)
+    return out
 
 
 def _sorted_candidates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -659,7 +737,7 @@ section.patient{border-top:2px solid #888;margin-top:2em;padding-top:0.5em}
 
 def _e(v) -> str:
     """Escape anything taken from input files for HTML (text and attribute values)."""
-    return html.escape("" if v is None else str(v), quote=True)
+    return html.escape(escape_controls("" if v is None else str(v)), quote=True)
 
 
 def _f(v, fmt: str = ".3f", none: str = "") -> str:
@@ -858,4 +936,5 @@ def _strip_timings(data: bytes):
 
 __all__ = ["CANDIDATES_CSV_LEAD", "PATIENTS_CSV_COLUMNS", "ERRORS_CSV_COLUMNS", "OutputDir",
            "atomic_write_bytes", "atomic_write_text", "candidates_table", "merge_outputs",
-           "patients_table", "remove_stale_temp_files", "render_crops", "render_report", "safe_id"]
+           "cell_value", "escape_controls", "patients_table", "remove_stale_temp_files", "render_crops",
+           "render_report", "safe_cell", "safe_id", "safe_table"]
