@@ -107,6 +107,13 @@ def _raw_resized(s: Scans, delta: int) -> Path:
     return _datafile(s, "bad.raw")
 
 
+def _with_header_size(s: Scans, size: int, prefix: int, extra: int = 0) -> Path:
+    raw = (s.folder / "scan.raw").read_bytes()
+    (s.folder / "bad.raw").write_bytes(b"H" * prefix + raw + b"\0" * extra)
+    return _mhd(s, "ElementType = MET_SHORT\nElementDataFile = scan.raw",
+                f"HeaderSize = {size}\nElementType = MET_SHORT\nElementDataFile = bad.raw")
+
+
 def _cut(s: Scans, src: str, n: int, name: str) -> Path:
     data = (s.folder / src).read_bytes()
     p = s.folder / name
@@ -258,6 +265,11 @@ CASES: dict[str, Case] = {
                          ("below 1",)),
     "dimsize_huge": Case(lambda s: _mhd(s, "DimSize = 32 32 6", "DimSize = 100000 100000 100000"),
                          ("more than lungcad's limit",)),
+    "headersize_and_extra_bytes": Case(lambda s: _with_header_size(s, 100, 100, 10),
+                                       ("bad.raw after its HeaderSize of 100 holds 12298",)),
+    "header_line_too_long": Case(lambda s: _mhd(s, "NDims = 3", "Comment = " + "x" * 600
+                                                + "\nNDims = 3"),
+                                 ("longer than 499 characters",)),
     "headersize_beyond_the_file": Case(
         lambda s: _mhd(s, "ElementType", "HeaderSize = 20000\nElementType"),
         ("HeaderSize 20000 is beyond the end of scan.raw",)),
@@ -433,6 +445,11 @@ def test_good_file_round_trip(scans, capfd, name):
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.parametrize("size", [100, -1])
+def test_header_size_skips_a_prefix(scans, size):
+    np.testing.assert_array_equal(load_itk(_with_header_size(scans, size, 100)).hu, _hu())
+
+
 def test_values_below_air_clipped_and_counted(scans):
     arr = _hu()
     arr[:, :, :3] = -3024
@@ -490,6 +507,19 @@ def test_simpleitk_warning_goes_to_the_scan_warnings_not_stderr(scans, capfd):
     assert any("unexpected scales in sform" in w for w in vol.meta["warnings"])
     assert all("\n" not in w and "0x" not in w for w in vol.meta["warnings"])
     np.testing.assert_array_equal(vol.hu, _hu())
+    assert capfd.readouterr().err == ""
+
+
+def test_simpleitk_warnings_are_kept_per_thread(scans, capfd):
+    from concurrent.futures import ThreadPoolExecutor
+
+    skew = _nii(scans, [(280, "<4f", (0.0, 0.8, 0.7, 10.0))], name="skew.nii")
+    paths = [skew, scans.folder / "scan.nii"] * 8
+    with ThreadPoolExecutor(4) as pool:
+        vols = list(pool.map(load_itk, paths))
+    for p, v in zip(paths, vols):
+        has = any("unexpected scales in sform" in w for w in v.meta["warnings"])
+        assert has == (p == skew)
     assert capfd.readouterr().err == ""
 
 

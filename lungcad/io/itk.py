@@ -35,15 +35,20 @@ MetaImage (``.mhd``, ``.mha``)
       prod(DimSize) x bytes per element exactly (``HeaderSize = -1``: at least that many).
       Compressed: ``CompressedDataSize`` equals the bytes stored, and :func:`load_itk` checks
       that the zlib stream ends exactly where prod(DimSize) x bytes per element are out.
-      The multi-file forms must name exactly one file per slice (per volume for ``LIST 3D``).
+      The multi-file forms must name exactly one file per slice (per volume for ``LIST 3D``),
+      each newline-terminated in a ``LIST``; a pattern needs whole numbers, a step >= 1 and one
+      ``%d``-like conversion (MetaIO would divide by a zero step, or pass ``%s`` to printf).
+      A data file ``x.raw`` that is missing is looked for as ``x.raw.gz`` (as MetaIO does).
 
 NIfTI (``.nii``, ``.nii.gz``; single-file NIfTI-1: SimpleITK's reader does not read NIfTI-2)
     * A ``.nii.gz`` must be a complete gzip stream: :func:`load_itk` reads it to the end (a file
       cut short, a bad CRC or corrupt data are refused); :func:`read_itk_info` decompresses the
       header only.
-    * ``sizeof_hdr`` and magic valid; ``dim`` positive; ``datatype`` a real scalar type and
-      ``bitpix`` its size; ``vox_offset`` + voxels x bytes <= the (decompressed) size.  Bytes
-      after the image data are recorded as a warning.
+    * ``sizeof_hdr`` and magic ``n+1`` valid; ``dim`` positive; ``datatype`` a real scalar type
+      and ``bitpix`` its size; ``vox_offset`` a whole number >= 352; ``vox_offset`` + voxels x
+      bytes <= the (decompressed) size.  Bytes after the image data are recorded as a warning.
+    * :func:`load_itk` counts NaN and infinite values in the stored data of a float image
+      (ITK's NIfTI reader silently turns them into 0) and refuses the file if there are any.
     * ``pixdim`` of x, y, z finite and positive (niftilib silently makes a NaN or 0 spacing
       1 mm); quaternion and offsets finite when ``qform_code`` > 0, ``srow_*`` finite when
       ``sform_code`` > 0; ``scl_slope`` and ``scl_inter`` finite.
@@ -53,7 +58,8 @@ Every format, after SimpleITK has read the header
     orthonormal.
 
 HU
-    A float image with any NaN or infinite voxel is refused (with the count).  Values are
+    A float image with any NaN or infinite voxel is refused (with the count), whatever the
+    format.  Values are
     rounded; any value outside int16 (-32768 .. 32767) is refused; values below -1024 HU
     (e.g. -3024 outside the field of view in many LUNA16 scans) become -1024 and are counted
     in ``meta["clipped_voxels"]``.
@@ -301,6 +307,9 @@ def _metaimage_header(path: Path) -> _MetaHeader:
             raise InputError(path, "the header ends without ElementDataFile; "
                              "not a complete MetaImage header")
         end = head.find(b"\n", pos)
+        if end < 0 and len(head) > _HEADER_LIMIT:
+            raise InputError(path, f"no ElementDataFile in the first {_HEADER_LIMIT} bytes; "
+                             "not a MetaImage header?")
         nxt = len(head) if end < 0 else end + 1
         raw = head[pos:nxt].rstrip(b"\n")
         lineno += 1
@@ -529,7 +538,10 @@ def _metaimage_plan(path: Path) -> tuple[list[_Chunk], list[str]]:
             start = header_size if header_size > 0 else hdr.data_offset
         else:
             start = header_size if header_size > 0 else 0
-        label = os.path.basename(name) if not local else f"{path.name} after its header"
+        if header_size > 0:
+            label = f"{os.path.basename(name)} after its HeaderSize of {header_size}"
+        else:
+            label = f"{path.name} after its header" if local else os.path.basename(name)
         dims_label = (_dims_text(dims) if n_el == n_vox
                       else f"{_dims_text(dims)} ({n_el} voxels per file)")
         if header_size == -1:
@@ -542,8 +554,6 @@ def _metaimage_plan(path: Path) -> tuple[list[_Chunk], list[str]]:
             raise InputError(path, f"HeaderSize {start} is beyond the end of "
                              f"{os.path.basename(name)} ({total} bytes)")
         stored = total - start
-        if header_size > 0:
-            label += f" after its HeaderSize of {header_size}"
         if compressed:
             if csize is not None and csize != stored:
                 raise InputError(path, f"CompressedDataSize is {csize} but {label} holds "
