@@ -1,26 +1,59 @@
 """DICOM reading: headers, slice geometry, and a CT series (or multi-frame file) to a CTVolume.
 
+What one file must hold (checked by :func:`read_header`, from the header alone, before any
+pixel data is read or any array allocated; else :class:`InputError` naming the file):
+
+a. pydicom can parse the header.  Every exception pydicom raises while parsing or converting
+   a value (unknown VR, bad lengths, undecodable values...) becomes an InputError.  pydicom's
+   warnings are captured, never printed: they go to the scan's warnings
+   (``DicomFileHeader.warnings``, then ``volume.meta["warnings"]``).
+b. An image has Rows and Columns (1 to :data:`MAX_IMAGE_SIDE`), BitsAllocated, and a
+   NumberOfFrames that is a positive integer (1 when absent).  Native pixel data holds exactly
+   Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated / 8 bytes (plus one
+   padding byte); compressed pixel data holds at least one fragment per frame and a Basic
+   Offset Table, when there is one, of one entry per frame.
+c. ImagePositionPatient: 3 finite values within :data:`MAX_ABS_POSITION_MM`.
+   ImageOrientationPatient: 6 finite values; the row and column directions have unit length
+   within :data:`UNIT_TOL` and are orthogonal within :data:`ORTHOGONAL_TOL` (cosine).
+   PixelSpacing: 2 finite values, positive, at most :data:`MAX_PIXEL_SPACING_MM`.  (For a
+   multi-frame file, each frame's.)
+d. RescaleSlope (1 when absent) one finite positive value; RescaleIntercept (0 when absent) one
+   finite value; PixelPaddingValue and PixelPaddingRangeLimit one integer each.
+e. SOP, Series and Study Instance UIDs, when present, are valid DICOM UIDs (digits in
+   components separated by dots, no leading zero in a component but "0" itself, at most 64
+   characters).  An invalid one is refused: the UIDs that outputs carry are never rewritten.
+f. Not errors, but warnings: a SliceThickness that is not a positive number is ignored (the
+   slice spacing comes from the positions).  Control characters in PatientID and the other
+   text fields are escaped as ``\\xNN`` (a NUL becomes the four characters ``\\x00``); padding
+   NULs and spaces at either end are stripped without a word.
+
 The rules for turning a set of slices into a volume (see :func:`plan_stack`):
 
 1. Localizer and scout images are dropped: ImageType contains LOCALIZER or SCOUT, or the
    ImageOrientationPatient differs (by more than 1 degree) from the majority of the slices.
 2. All remaining slices must have the same Rows and Columns, else :class:`InputError`.
+   PixelSpacing must be positive and the same for all of them.
 3. The slice normal is cross(row direction, column direction).  It must lie within 1 degree of
    the patient z axis (an axial series; flipped or rotated rows and columns are fine), and the
    slice positions must advance along the normal (no gantry-tilt shear); else :class:`InputError`.
 4. Slices are sorted by ImagePositionPatient . normal, never by file name or InstanceNumber.
    Slices at the same position are duplicates: the one with the lowest InstanceNumber is
    kept and the others dropped.
-5. The slice spacing is the median gap.  A gap above 3 x the median means missing slices
-   (:class:`InputError`).  Gaps that differ from the median by more than 1 % are resampled by
-   linear interpolation onto a uniform grid of the median spacing (``meta["resampled_z"]``).
-6. HU = stored x RescaleSlope + RescaleIntercept.  Pixels equal to PixelPaddingValue (or inside
+5. The slice spacing is the median gap, which must be finite and positive.  A gap above 3 x the
+   median means missing slices (:class:`InputError`).  Gaps that differ from the median by more
+   than 1 % are resampled by linear interpolation onto a uniform grid of the median spacing
+   (``meta["resampled_z"]``).  A volume of more than :data:`MAX_SERIES_VOXELS` voxels is
+   refused before it is allocated.
+6. HU = stored x RescaleSlope + RescaleIntercept, computed in float64 (or exactly in int32 for
+   small integer rescales).  The HU of every pixel that is not padding must lie within int16,
+   else :class:`InputError` (a wrong rescale).  Pixels equal to PixelPaddingValue (or inside
    the padding range) and every HU below -1024 become -1024 (``meta["clipped_voxels"]``).
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +68,8 @@ from lungcad.errors import InputError
 from lungcad.volume import CTVolume
 
 __all__ = ["DicomFileHeader", "SliceHeader", "StackPlan", "read_header", "looks_like_dicom",
-           "plan_stack", "load_dicom_stack", "check_geometry_present", "HU_AIR", "HEADER_TAGS"]
+           "plan_stack", "load_dicom_stack", "check_geometry_present", "is_valid_uid", "uid_name",
+           "series_warnings", "HU_AIR", "HEADER_TAGS"]
 
 #: The HU that padding and every value below it become.
 HU_AIR = -1024
@@ -49,6 +83,18 @@ MAX_GAP_RATIO = 3.0
 DUPLICATE_TOL_MM = 0.01
 #: Threads that read pixel data of one series.
 READ_THREADS = 4
+#: How far from 1 the length of an ImageOrientationPatient direction may be.
+UNIT_TOL = 1e-2
+#: The largest |cosine| between the row and column directions (about 0.06 degree from 90).
+ORTHOGONAL_TOL = 1e-3
+#: The largest Rows or Columns accepted.
+MAX_IMAGE_SIDE = 16384
+#: The largest PixelSpacing (mm) accepted.
+MAX_PIXEL_SPACING_MM = 100.0
+#: The largest |ImagePositionPatient| coordinate (mm) accepted.
+MAX_ABS_POSITION_MM = 1e6
+#: The most voxels of one volume (2**32 int16 voxels: 8 GiB), checked before allocating.
+MAX_SERIES_VOXELS = 2 ** 32
 
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "Modality", "PatientID", "StudyInstanceUID",
@@ -56,13 +102,19 @@ HEADER_TAGS = [
     "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
     "SliceThickness", "SpacingBetweenSlices", "Rows", "Columns", "NumberOfFrames",
     "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit",
-    "PixelRepresentation", "BitsAllocated", "ConvolutionKernel", "Manufacturer", "KVP",
+    "PixelRepresentation", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation",
+    "ConvolutionKernel", "Manufacturer", "KVP",
     "GridFrameOffsetVector", "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
 ]
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".dic")
 _LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM")
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_VR_NAMES = {vr.encode() for vr in (
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "OB", "OD", "OF",
+    "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
+    "UR", "US", "UT", "UV")}
 
 
 @dataclass
@@ -91,7 +143,11 @@ class SliceHeader:
 
 @dataclass
 class DicomFileHeader:
-    """What one DICOM file says about its series, read without the pixel data."""
+    """What one DICOM file says about its series, read without the pixel data.
+
+    ``warnings`` are problems that do not stop the reading (pydicom's warnings, an ignored
+    SliceThickness, escaped control characters), without the file name.
+    """
 
     path: Path
     sop_class: str
@@ -109,6 +165,7 @@ class DicomFileHeader:
     transfer_syntax: str
     padding: tuple[float, float] | None
     slices: list[SliceHeader] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def multiframe(self) -> bool:
@@ -135,7 +192,8 @@ class StackPlan:
 
 def looks_like_dicom(path: Path) -> bool:
     """True for a file with the DICM preamble, a DICOM file-name suffix, or that starts with a
-    group 0002/0008 tag (a DICOM data set written without preamble)."""
+    group 0002 or 0008 tag, little or big endian, explicit or implicit VR (a DICOM data set
+    written without preamble)."""
     if path.suffix.lower() in _DICOM_SUFFIXES:
         return True
     try:
@@ -145,161 +203,411 @@ def looks_like_dicom(path: Path) -> bool:
         return False
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
-    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[2:4] in (
-        b"\x00\x00", b"\x05\x00", b"\x08\x00", b"\x16\x00", b"\x12\x00")
+    if len(head) < 8:
+        return False
+    for order in ("little", "big"):
+        if int.from_bytes(head[:2], order) not in (0x0002, 0x0008):
+            continue
+        if head[4:6] in _VR_NAMES:  # explicit VR
+            return True
+        if int.from_bytes(head[4:8], order) < 1024:  # implicit VR: a short first value
+            return True
+    return False
 
+
+def is_valid_uid(uid: str) -> bool:
+    """True for a valid DICOM UID: digits in components separated by dots, no leading zero in
+    a component except "0" itself, at most 64 characters (PS3.5 section 9.1)."""
+    return 0 < len(uid) <= 64 and _UID_RE.fullmatch(uid) is not None
+
+
+def uid_name(uid: str) -> str:
+    """The name of a well-known UID ("CT Image Storage"), else the UID itself (escaped).
+    Unlike ``pydicom.uid.UID(uid).name`` it never warns about an invalid UID."""
+    entry = pydicom.uid.UID_dictionary.get(uid)
+    return entry[0] if entry else _escape_controls(uid)
+
+
+# ----------------------------------------------------------------- values of one header
 
 def _get(ds, name: str, default=None):
     el = ds.get(name, default)
     return default if el is None or el == "" else el
 
 
-def _float(value, default: float | None = None) -> float | None:
-    if value is None or value == "":
+def _values(value) -> list:
+    """A DICOM value as a list of its values ([] when absent)."""
+    if value is None or (isinstance(value, str) and value == ""):
+        return []
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return list(value)
+    return [value]
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A value as it appears in a message: backslash-separated, escaped, cut at ``limit``."""
+    text = _escape_controls("\\".join(str(v) for v in _values(value)))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _numbers(value, name: str, n: int) -> np.ndarray:
+    """Exactly ``n`` finite numbers from ``value``, else ValueError saying what is wrong."""
+    vals = _values(value)
+    if len(vals) != n:
+        raise ValueError(f"{name} must have {n} values; found {len(vals)} ({_shown(value)})")
+    try:
+        out = np.array([float(v) for v in vals], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be numbers; found {_shown(value)}") from None
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} must be finite numbers; found {_shown(value)}")
+    return out
+
+
+def _number(value, name: str, default: float | None) -> float | None:
+    """One finite number, or ``default`` when absent."""
+    if not _values(value):
         return default
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        value = value[0] if len(value) else default
-    return None if value is None else float(value)
+    return float(_numbers(value, name, 1)[0])
 
 
-def _text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+def _integer(value, name: str, default: int | None, *, low: int = 1,
+             high: int | None = None) -> int | None:
+    """One integer in [low, high], or ``default`` when absent."""
+    x = _number(value, name, None)
+    if x is None:
+        return default
+    if not x.is_integer() or x < low or (high is not None and x > high):
+        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ValueError(f"{name} must be an integer {bound}; found {_shown(value)}")
+    return int(x)
+
+
+def _position(value, name: str = "ImagePositionPatient") -> np.ndarray:
+    ipp = _numbers(value, name, 3)
+    if np.abs(ipp).max() > MAX_ABS_POSITION_MM:
+        raise ValueError(f"{name} must be within {MAX_ABS_POSITION_MM:g} mm of the origin; "
+                         f"found {_shown(value)}")
+    return ipp
+
+
+def _orientation(value) -> np.ndarray:
+    iop = _numbers(value, "ImageOrientationPatient", 6)
+    row, col = iop[:3], iop[3:]
+    nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    if abs(nr - 1) > UNIT_TOL or abs(nc - 1) > UNIT_TOL:
+        raise ValueError(f"ImageOrientationPatient must hold two unit vectors (row and column "
+                         f"directions); their lengths are {nr:.4g} and {nc:.4g} "
+                         f"({_shown(value)})")
+    cos = float(row @ col) / (nr * nc)
+    if abs(cos) > ORTHOGONAL_TOL:
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+        raise ValueError(f"ImageOrientationPatient row and column directions must be "
+                         f"orthogonal; they are {angle:.2f} degrees apart ({_shown(value)})")
+    return iop
+
+
+def _pixel_spacing(value) -> tuple[float, float]:
+    ps = _numbers(value, "PixelSpacing", 2)
+    if (ps <= 0).any():
+        raise ValueError(f"PixelSpacing must be positive (mm between rows and between "
+                         f"columns); found {_shown(value)}")
+    if (ps > MAX_PIXEL_SPACING_MM).any():
+        raise ValueError(f"PixelSpacing must be at most {MAX_PIXEL_SPACING_MM:g} mm; found "
+                         f"{_shown(value)}")
+    return float(ps[0]), float(ps[1])
+
+
+def _rescale(slope_value, intercept_value) -> tuple[float, float]:
+    slope = _number(slope_value, "RescaleSlope", 1.0)
+    intercept = _number(intercept_value, "RescaleIntercept", 0.0)
+    if slope <= 0:
+        raise ValueError(f"RescaleSlope must be positive; found {_shown(slope_value)}")
+    return slope, intercept
+
+
+def _escape_controls(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped as ``\\xNN``/``\\uNNNN``."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif 0xD800 <= o < 0xE000:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _clean_text(value, name: str, notes: list[str]) -> str:
+    """A text value with padding stripped and control characters escaped (noted)."""
+    text = "\\".join(str(v) for v in _values(value)).strip(" \x00")
+    clean = _escape_controls(text)
+    if clean != text:
+        notes.append(f"{name} holds control characters; read as '{clean}'")
+    return clean
+
+
+def _uid(ds, name: str) -> str:
+    """A UID element ("" when absent); ValueError when it is not a valid UID."""
+    uid = "\\".join(str(v) for v in _values(_get(ds, name))).strip(" \x00")
+    if uid and not is_valid_uid(uid):
+        raise ValueError(f"{name} {_shown(uid, 80)!r} is not a valid DICOM UID (digits and "
+                         f"dots, no leading zeros, at most 64 characters)")
+    return uid
+
+
+def _image_type(value) -> tuple[str, ...]:
+    return tuple(str(t).strip().upper() for t in _values(value))
+
+
+def _items(container, name: str) -> list:
+    """The items of the sequence ``name`` in ``container`` ([] when absent or empty)."""
+    if container is None or name not in container:
+        return []
+    value = container[name].value
+    if not isinstance(value, pydicom.sequence.Sequence):
+        raise ValueError(f"{name} is not a sequence (VR {container[name].VR})")
+    return list(value)
 
 
 def _first_in_groups(groups: Sequence, seq_name: str, attr: str):
     """``attr`` from the first group (per-frame, then shared) whose ``seq_name`` has it."""
     for g in groups:
-        if g is None or seq_name not in g or not g[seq_name].value:
+        items = _items(g, seq_name)
+        if not items:
             continue
-        item = g[seq_name].value[0]
+        item = items[0]
         if attr in item and item[attr].value not in (None, ""):
             return item[attr].value
     return None
 
 
-def _frames_from_functional_groups(ds, path: Path, n_frames: int) -> list[SliceHeader]:
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds \
-        and ds.SharedFunctionalGroupsSequence else None
-    per_frame = ds.PerFrameFunctionalGroupsSequence
+def _frames_from_functional_groups(ds, n_frames: int, path: Path, rows: int,
+                                   cols: int) -> list[SliceHeader]:
+    shared_items = _items(ds, "SharedFunctionalGroupsSequence")
+    shared = shared_items[0] if shared_items else None
+    per_frame = _items(ds, "PerFrameFunctionalGroupsSequence")
     if len(per_frame) != n_frames:
         raise ValueError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for "
                          f"NumberOfFrames {n_frames}")
-    rows, cols = int(ds.Rows), int(ds.Columns)
     out = []
     for i, pf in enumerate(per_frame):
         groups = (pf, shared)
-        ipp = _first_in_groups(groups, "PlanePositionSequence", "ImagePositionPatient")
-        iop = _first_in_groups(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
-        ps = _first_in_groups(groups, "PixelMeasuresSequence", "PixelSpacing")
-        if ipp is None or iop is None or ps is None:
-            raise ValueError(f"frame {i + 1} has no ImagePositionPatient, "
-                             f"ImageOrientationPatient or PixelSpacing in its functional groups")
-        slope = _float(_first_in_groups(groups, "PixelValueTransformationSequence",
-                                        "RescaleSlope"), 1.0)
-        intercept = _float(_first_in_groups(groups, "PixelValueTransformationSequence",
-                                            "RescaleIntercept"), 0.0)
-        ftype = _first_in_groups(groups, "CTImageFrameTypeSequence", "FrameType")
-        image_type = tuple(str(t).upper() for t in (ftype or _get(ds, "ImageType", []) or []))
-        out.append(SliceHeader(path=path, frame=i, position=np.array([float(v) for v in ipp]),
-                               orientation=np.array([float(v) for v in iop]), rows=rows,
-                               cols=cols, pixel_spacing=(float(ps[0]), float(ps[1])),
-                               image_type=image_type, slope=slope, intercept=intercept,
-                               instance=i + 1))
+        try:
+            ipp = _first_in_groups(groups, "PlanePositionSequence", "ImagePositionPatient")
+            iop = _first_in_groups(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
+            ps = _first_in_groups(groups, "PixelMeasuresSequence", "PixelSpacing")
+            if ipp is None or iop is None or ps is None:
+                raise ValueError("no ImagePositionPatient, ImageOrientationPatient or "
+                                 "PixelSpacing in its functional groups")
+            slope, intercept = _rescale(
+                _first_in_groups(groups, "PixelValueTransformationSequence", "RescaleSlope"),
+                _first_in_groups(groups, "PixelValueTransformationSequence", "RescaleIntercept"))
+            ftype = _first_in_groups(groups, "CTImageFrameTypeSequence", "FrameType")
+            out.append(SliceHeader(
+                path=path, frame=i, position=_position(ipp), orientation=_orientation(iop),
+                rows=rows, cols=cols, pixel_spacing=_pixel_spacing(ps),
+                image_type=_image_type(ftype if ftype is not None else _get(ds, "ImageType")),
+                slope=slope, intercept=intercept, instance=i + 1))
+        except ValueError as e:
+            raise ValueError(f"frame {i + 1}: {e}") from None
     return out
 
 
-def _frames_classic(ds, path: Path, n_frames: int) -> list[SliceHeader]:
+def _frames_classic(ds, n_frames: int, path: Path, rows: int, cols: int) -> list[SliceHeader]:
     """Frames of a classic multi-frame image: one IPP (frame 0) plus offsets along the normal
     from GridFrameOffsetVector, else SpacingBetweenSlices, else SliceThickness."""
-    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    ipp = _position(ds.ImagePositionPatient)
+    iop = _orientation(ds.ImageOrientationPatient)
     normal = np.cross(iop[:3], iop[3:])
+    normal /= np.linalg.norm(normal)
     offsets = _get(ds, "GridFrameOffsetVector")
-    if offsets is not None and len(offsets) == n_frames:
-        offs = np.array([float(v) for v in offsets])
+    if offsets is not None and len(_values(offsets)) == n_frames:
+        offs = _numbers(offsets, "GridFrameOffsetVector", n_frames)
     else:
-        step = _float(_get(ds, "SpacingBetweenSlices")) or _float(_get(ds, "SliceThickness"))
+        step = None
+        for name in ("SpacingBetweenSlices", "SliceThickness"):
+            step = _number(_get(ds, name), name, None)
+            if step:
+                break
         if not step:
             raise ValueError("a classic multi-frame image needs GridFrameOffsetVector, "
                              "SpacingBetweenSlices or SliceThickness to place its frames")
         offs = np.arange(n_frames) * step
-    ps = ds.PixelSpacing
-    image_type = tuple(str(t).upper() for t in (_get(ds, "ImageType", []) or []))
+    if np.abs(offs).max() > MAX_ABS_POSITION_MM:
+        raise ValueError(f"frame offsets of up to {np.abs(offs).max():g} mm; expected at most "
+                         f"{MAX_ABS_POSITION_MM:g} mm")
+    ps = _pixel_spacing(ds.PixelSpacing)
+    image_type = _image_type(_get(ds, "ImageType"))
+    slope, intercept = _rescale(_get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept"))
     return [SliceHeader(path=path, frame=i, position=ipp + o * normal, orientation=iop,
-                        rows=int(ds.Rows), cols=int(ds.Columns),
-                        pixel_spacing=(float(ps[0]), float(ps[1])), image_type=image_type,
-                        slope=_float(_get(ds, "RescaleSlope"), 1.0),
-                        intercept=_float(_get(ds, "RescaleIntercept"), 0.0), instance=i + 1)
+                        rows=rows, cols=cols, pixel_spacing=ps, image_type=image_type,
+                        slope=slope, intercept=intercept, instance=i + 1)
             for i, o in enumerate(offs)]
 
 
-def _header_from_dataset(ds, path: Path) -> DicomFileHeader:
+@dataclass
+class _PixelData:
+    """Where and how the pixel data element of a file is stored (read from its header)."""
+
+    length: int | None  # bytes of native pixel data; None when encapsulated
+    fragments: int = 0  # encapsulated: fragments after the Basic Offset Table
+    offsets: int = 0  # encapsulated: entries of the Basic Offset Table
+
+
+def _check_pixel_data(ds, pixels: _PixelData | None, *, rows: int, cols: int,
+                      n_frames: int) -> None:
+    """The pixel data's size must match what the header claims (rule b)."""
+    if pixels is None:  # deflated data set: pydicom checks when it decodes
+        return
+    if pixels.length is None:
+        if pixels.fragments < n_frames:
+            raise ValueError(f"NumberOfFrames is {n_frames} but the compressed pixel data holds "
+                             f"{pixels.fragments} fragment(s); each frame needs at least one")
+        if pixels.offsets and pixels.offsets != n_frames:
+            raise ValueError(f"NumberOfFrames is {n_frames} but the Basic Offset Table of the "
+                             f"compressed pixel data has {pixels.offsets} entries")
+        return
+    bits = _integer(_get(ds, "BitsAllocated"), "BitsAllocated", None, high=64)
+    if bits is None:
+        raise ValueError("an image without BitsAllocated")
+    if bits != 1 and bits % 8:
+        raise ValueError(f"BitsAllocated must be 1 or a multiple of 8; found {bits}")
+    spp = _integer(_get(ds, "SamplesPerPixel"), "SamplesPerPixel", 1, high=4)
+    n_bits = rows * cols * n_frames * spp * bits
+    if str(_get(ds, "PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        n_bits = n_bits * 2 // 3  # two chroma samples shared by each pair of pixels
+    expected = (n_bits + 7) // 8
+    if pixels.length not in (expected, expected + 1):
+        raise ValueError(
+            f"the pixel data holds {pixels.length} bytes but Rows x Columns x NumberOfFrames x "
+            f"SamplesPerPixel x BitsAllocated / 8 = {rows} x {cols} x {n_frames} x {spp} x "
+            f"{bits} / 8 = {expected} bytes")
+
+
+def _header_from_dataset(ds, path: Path, pixels: _PixelData | None,
+                         notes: list[str]) -> DicomFileHeader:
+    """The header of one parsed file (rules b-f of the module docstring).
+
+    Raises ValueError with the problem; :func:`read_header` names the file.
+    """
+    ts = _transfer_syntax(ds) or _encoding_syntax(ds)
     if "Rows" not in ds or "Columns" not in ds:
         # Not an image (DICOMDIR, structured report, RT structure set, presentation state...).
-        fm = getattr(ds, "file_meta", None)
         return DicomFileHeader(
             path=path, sop_class=str(_get(ds, "SOPClassUID", "")),
-            modality=_text(_get(ds, "Modality")), patient_id=_text(_get(ds, "PatientID")),
-            study_uid=_text(_get(ds, "StudyInstanceUID")),
-            series_uid=_text(_get(ds, "SeriesInstanceUID")),
-            series_description=_text(_get(ds, "SeriesDescription")), study_description="",
-            kernel="", manufacturer="", kvp=None, slice_thickness=None, n_frames=0,
-            transfer_syntax=str(fm.get("TransferSyntaxUID", "")) if fm is not None else "",
-            padding=None, slices=[])
-    n_frames = int(_get(ds, "NumberOfFrames", 1) or 1)
-    pad = _get(ds, "PixelPaddingValue")
+            modality=_clean_text(_get(ds, "Modality"), "Modality", notes),
+            patient_id=_clean_text(_get(ds, "PatientID"), "PatientID", notes),
+            study_uid=_clean_text(_get(ds, "StudyInstanceUID"), "StudyInstanceUID", notes),
+            series_uid=_clean_text(_get(ds, "SeriesInstanceUID"), "SeriesInstanceUID", notes),
+            series_description=_clean_text(_get(ds, "SeriesDescription"), "SeriesDescription",
+                                           notes),
+            study_description="", kernel="", manufacturer="", kvp=None, slice_thickness=None,
+            n_frames=0, transfer_syntax=ts, padding=None, slices=[], warnings=notes)
+    rows = _integer(_get(ds, "Rows"), "Rows", None, high=MAX_IMAGE_SIDE)
+    cols = _integer(_get(ds, "Columns"), "Columns", None, high=MAX_IMAGE_SIDE)
+    if rows is None or cols is None:
+        raise ValueError("an image with empty Rows or Columns")
+    n_frames = _integer(_get(ds, "NumberOfFrames"), "NumberOfFrames", 1)
+    _check_pixel_data(ds, pixels, rows=rows, cols=cols, n_frames=n_frames)
+    _uid(ds, "SOPInstanceUID")  # checked, not kept
+    for name, value in (("SOPClassUID", _get(ds, "SOPClassUID")), ("TransferSyntaxUID", ts)):
+        text = str(value or "").strip(" \x00")
+        if text and not is_valid_uid(text):
+            raise ValueError(f"{name} {_shown(text, 80)!r} is not a valid DICOM UID")
+    series_uid = _uid(ds, "SeriesInstanceUID")
+    study_uid = _uid(ds, "StudyInstanceUID")
+    pad = _integer(_get(ds, "PixelPaddingValue"), "PixelPaddingValue", None, low=-(2 ** 31))
     padding = None
     if pad is not None:
-        limit = _get(ds, "PixelPaddingRangeLimit", pad)
+        limit = _integer(_get(ds, "PixelPaddingRangeLimit"), "PixelPaddingRangeLimit", pad,
+                         low=-(2 ** 31))
         padding = (float(min(pad, limit)), float(max(pad, limit)))
-    kernel = _text(_get(ds, "ConvolutionKernel"))
-    thickness = _float(_get(ds, "SliceThickness"))
+    kernel = _clean_text(_get(ds, "ConvolutionKernel"), "ConvolutionKernel", notes)
+    thickness_value = _get(ds, "SliceThickness")
     if "PerFrameFunctionalGroupsSequence" in ds:
-        slices = _frames_from_functional_groups(ds, path, n_frames)
-        groups = [ds.SharedFunctionalGroupsSequence[0]] if "SharedFunctionalGroupsSequence" in ds \
-            and ds.SharedFunctionalGroupsSequence else []
-        groups = [ds.PerFrameFunctionalGroupsSequence[0]] + groups
-        kernel = kernel or _text(_first_in_groups(groups, "CTReconstructionSequence",
-                                                  "ConvolutionKernel"))
-        thickness = thickness or _float(_first_in_groups(groups, "PixelMeasuresSequence",
-                                                         "SliceThickness"))
+        slices = _frames_from_functional_groups(ds, n_frames, path, rows, cols)
+        groups = _items(ds, "PerFrameFunctionalGroupsSequence")[:1] \
+            + _items(ds, "SharedFunctionalGroupsSequence")[:1]
+        kernel = kernel or _clean_text(_first_in_groups(groups, "CTReconstructionSequence",
+                                                        "ConvolutionKernel"),
+                                       "ConvolutionKernel", notes)
+        if not _values(thickness_value):
+            thickness_value = _first_in_groups(groups, "PixelMeasuresSequence",
+                                               "SliceThickness")
     elif "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds \
             or "PixelSpacing" not in ds:
         # No patient geometry (e.g. a secondary capture): list it, but it cannot be stacked.
         slices = []
     elif n_frames > 1:
-        slices = _frames_classic(ds, path, n_frames)
+        slices = _frames_classic(ds, n_frames, path, rows, cols)
     else:
-        ps = ds.PixelSpacing
-        image_type = tuple(str(t).upper() for t in (_get(ds, "ImageType", []) or []))
-        inst = _get(ds, "InstanceNumber")
-        slices = [SliceHeader(path=path, frame=None,
-                              position=np.array([float(v) for v in ds.ImagePositionPatient]),
-                              orientation=np.array([float(v) for v in ds.ImageOrientationPatient]),
-                              rows=int(ds.Rows), cols=int(ds.Columns),
-                              pixel_spacing=(float(ps[0]), float(ps[1])), image_type=image_type,
-                              slope=_float(_get(ds, "RescaleSlope"), 1.0),
-                              intercept=_float(_get(ds, "RescaleIntercept"), 0.0),
-                              instance=None if inst is None else int(inst))]
-    fm = getattr(ds, "file_meta", None)
-    ts = str(fm.get("TransferSyntaxUID", "")) if fm is not None else ""
+        slope, intercept = _rescale(_get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept"))
+        try:
+            instance = _integer(_get(ds, "InstanceNumber"), "InstanceNumber", None,
+                                low=-(2 ** 31))
+        except ValueError as e:
+            notes.append(f"{e}; ignored")
+            instance = None
+        slices = [SliceHeader(path=path, frame=None, position=_position(ds.ImagePositionPatient),
+                              orientation=_orientation(ds.ImageOrientationPatient),
+                              rows=rows, cols=cols, pixel_spacing=_pixel_spacing(ds.PixelSpacing),
+                              image_type=_image_type(_get(ds, "ImageType")), slope=slope,
+                              intercept=intercept, instance=instance)]
+    thickness = _optional_positive(thickness_value, "SliceThickness", notes,
+                                   "ignored: the slice spacing comes from the slice positions")
+    kvp = _optional_positive(_get(ds, "KVP"), "KVP", notes, "ignored")
     return DicomFileHeader(
-        path=path, sop_class=str(_get(ds, "SOPClassUID", "")), modality=_text(_get(ds, "Modality")),
-        patient_id=_text(_get(ds, "PatientID")), study_uid=_text(_get(ds, "StudyInstanceUID")),
-        series_uid=_text(_get(ds, "SeriesInstanceUID")),
-        series_description=_text(_get(ds, "SeriesDescription")),
-        study_description=_text(_get(ds, "StudyDescription")), kernel=kernel,
-        manufacturer=_text(_get(ds, "Manufacturer")), kvp=_float(_get(ds, "KVP")),
-        slice_thickness=thickness, n_frames=n_frames, transfer_syntax=ts, padding=padding,
-        slices=slices)
+        path=path, sop_class=str(_get(ds, "SOPClassUID", "")).strip(" \x00"),
+        modality=_clean_text(_get(ds, "Modality"), "Modality", notes),
+        patient_id=_clean_text(_get(ds, "PatientID"), "PatientID", notes),
+        study_uid=study_uid, series_uid=series_uid,
+        series_description=_clean_text(_get(ds, "SeriesDescription"), "SeriesDescription",
+                                       notes),
+        study_description=_clean_text(_get(ds, "StudyDescription"), "StudyDescription", notes),
+        kernel=kernel, manufacturer=_clean_text(_get(ds, "Manufacturer"), "Manufacturer", notes),
+        kvp=kvp, slice_thickness=thickness, n_frames=n_frames, transfer_syntax=ts,
+        padding=padding, slices=slices, warnings=notes)
+
+
+def _transfer_syntax(ds) -> str:
+    """The TransferSyntaxUID of the file meta ("" when there is none)."""
+    fm = getattr(ds, "file_meta", None)
+    return str(fm.get("TransferSyntaxUID", "") or "").strip(" \x00") if fm is not None else ""
+
+
+def _encoding_syntax(ds) -> str:
+    """The uncompressed transfer syntax that a data set without file meta was read in."""
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return ""
+    if implicit:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+
+
+def _optional_positive(value, name: str, notes: list[str], consequence: str) -> float | None:
+    """A positive number, or None (with a note when the value is there but is not one)."""
+    if not _values(value):
+        return None
+    try:
+        x = _number(value, name, None)
+    except ValueError as e:
+        notes.append(f"{e}; {consequence}")
+        return None
+    if x <= 0:
+        notes.append(f"{name} {_shown(value)} is not positive; {consequence}")
+        return None
+    return x
 
 
 def read_header(path: str | os.PathLike) -> DicomFileHeader:
-    """Read the header of one DICOM file (no pixel data).
+    """Read the header of one DICOM file (no pixel data), checking rules a-f of the module
+    docstring.
 
     A valid DICOM object without an image (DICOMDIR, SR, ...) gives a header with
     ``has_image`` False.
@@ -307,72 +615,170 @@ def read_header(path: str | os.PathLike) -> DicomFileHeader:
     Raises
     ------
     InputError
-        The file is not DICOM, or is truncated or corrupt.
+        The only exception: the file is not DICOM, is truncated or corrupt, or holds a value
+        that breaks a rule (the message names the file, the element and the value).
     """
     path = Path(path)
+    ds, pixels, notes = _parse_header(path)
     try:
-        with open(path, "rb") as fh, warnings.catch_warnings():
-            # pydicom warns about each oddity of a damaged file; we report the damage once.
-            warnings.simplefilter("ignore")
+        return _header_from_dataset(ds, path, pixels, notes)
+    except ValueError as e:
+        raise InputError(path, str(e)) from e
+
+
+def _parse_header(path: Path) -> tuple[Any, _PixelData | None, list[str]]:
+    """The pydicom boundary of :func:`read_header`: the parsed data set (every value converted),
+    what its pixel data element looks like, and pydicom's warnings."""
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise InputError(path, f"cannot open the file ({e.strerror or e})") from e
+    with fh, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=HEADER_TAGS,
                                  force=not _has_preamble(path))
+            _convert_all(ds)
+            fm = getattr(ds, "file_meta", None)
+            if fm is not None:
+                _convert_all(fm)
+        except _ElementError as e:
+            raise InputError(path, f"corrupt DICOM header: {e}") from e.__cause__
+        except InvalidDicomError as e:
+            raise InputError(path, f"not a valid DICOM file ({e})") from e
+        except OSError as e:
+            raise InputError(path, f"cannot read the file ({e.strerror or e})") from e
+        except Exception as e:  # noqa: BLE001 - pydicom, parsing untrusted bytes, raises many
+            # kinds (NotImplementedError for an unknown VR, BytesLengthException, struct.error,
+            # ValueError, KeyError, OverflowError...); each is a fault of this file.
+            raise InputError(path, f"corrupt DICOM header ({type(e).__name__}: "
+                             f"{_shown(str(e), 200)})") from e
+        try:
             # pydicom stops silently at the end of a truncated file: check what is left.
-            problem = _truncation(fh, ds)
-        if problem:
-            raise InputError(path, f"truncated or corrupt DICOM file: {problem}")
-        return _header_from_dataset(ds, path)
-    except InvalidDicomError as e:
-        raise InputError(path, f"not a valid DICOM file ({e})") from e
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-            OverflowError) as e:
-        raise InputError(path, f"corrupt DICOM header ({type(e).__name__}: {e})") from e
+            problem, pixels = _inspect_pixel_data(fh, ds)
+        except OSError as e:
+            raise InputError(path, f"cannot read the file ({e.strerror or e})") from e
+    if problem:
+        raise InputError(path, f"truncated or corrupt DICOM file: {problem}")
+    return ds, pixels, _library_warnings(caught)
+
+
+class _ElementError(Exception):
+    """pydicom could not convert the value of one element."""
+
+    def __init__(self, tag, cause: Exception):
+        name = pydicom.datadict.keyword_for_tag(tag) or str(pydicom.tag.Tag(tag))
+        super().__init__(f"cannot decode {name} ({type(cause).__name__}: "
+                         f"{_shown(str(cause), 200)})")
+
+
+def _convert_all(ds) -> None:
+    """Convert every raw element now, recursing into sequences (pydicom converts on first
+    access), so that a value pydicom cannot decode fails inside the pydicom boundary."""
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+        except Exception as e:  # noqa: BLE001 - see _parse_header
+            raise _ElementError(tag, e) from e
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _convert_all(item)
+
+
+def _library_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The text of the UserWarnings caught from a library (deduplicated, in order).  Other
+    categories (deprecations, numpy's RuntimeWarnings) concern lungcad's code, not the scan:
+    they are issued again as they were."""
+    out: list[str] = []
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            text = _escape_controls(" ".join(str(w.message).split()))
+            if text not in out:
+                out.append(text)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
 
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"SQ", b"UC", b"UR"}
-_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_ITEM = b"\xfe\xff\x00\xe0"
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0"
 
 
-def _truncation(fh, ds) -> str:
-    """Why a file read with ``stop_before_pixels`` is incomplete ("" when it looks whole).
+def _inspect_pixel_data(fh, ds) -> tuple[str, _PixelData | None]:
+    """Why a file read with ``stop_before_pixels`` is incomplete ("" when it looks whole),
+    and its pixel data element (None for a data set without one, or a deflated one).
 
     ``fh`` stands where pydicom stopped: at the PixelData element of an image.
     """
     fm = getattr(ds, "file_meta", None)
     media_class = str(fm.get("MediaStorageSOPClassUID", "")) if fm is not None else ""
-    sop_class = str(ds.get("SOPClassUID", "") or media_class)
+    sop_class = str(ds.get("SOPClassUID", "") or media_class).strip(" \x00")
     if not sop_class:
-        return "no SOPClassUID (the file ends inside its header, or is not a DICOM object)"
+        return "no SOPClassUID (the file ends inside its header, or is not a DICOM object)", None
     if sop_class == _DICOMDIR_CLASS:
-        return ""
-    name = pydicom.uid.UID(sop_class).name
+        return "", None
+    name = uid_name(sop_class)
     is_image = "Image Storage" in name
     if "Rows" not in ds:
-        return f"{name} without Rows/Columns (the file ends inside its header)" if is_image else ""
+        return (f"{name} without Rows/Columns (the file ends inside its header)" if is_image
+                else ""), None
+    if _transfer_syntax(ds) == _DEFLATED:
+        return "", None  # fh is not where the (inflated) data set stopped
     start = fh.tell()
     head = fh.read(12)
     size = os.fstat(fh.fileno()).st_size
     if len(head) < 8:
-        return f"no pixel data: the file ends after {start} bytes"
-    little = head[:4] == b"\xe0\x7f\x10\x00"
-    if not little and head[:4] != b"\x7f\xe0\x00\x10":
-        return f"no pixel data element where the header ends (offset {start})"
+        return f"no pixel data: the file ends after {start} bytes", None
+    implicit, little = ds.original_encoding
+    if little is None:
+        little = head[:4] == b"\xe0\x7f\x10\x00"
     order = "little" if little else "big"
-    if head[4:6] in _LONG_VRS:
+    if head[:4] != (b"\xe0\x7f\x10\x00" if little else b"\x7f\xe0\x00\x10"):
+        return f"no pixel data element where the header ends (offset {start})", None
+    if not implicit and head[4:6] in _LONG_VRS:
         if len(head) < 12:
-            return f"the pixel data element is cut at offset {start}"
+            return f"the pixel data element is cut at offset {start}", None
         length, data_start = int.from_bytes(head[8:12], order), start + 12
+    elif not implicit:
+        length, data_start = int.from_bytes(head[6:8], order), start + 8
     else:
         length, data_start = int.from_bytes(head[4:8], order), start + 8
-    if length == 0xFFFFFFFF:  # encapsulated (compressed): must end with a sequence delimiter
-        fh.seek(max(data_start, size - 4096))
-        if _SEQ_DELIMITER not in fh.read():
-            return "compressed pixel data without its end (sequence delimiter missing)"
-        return ""
+    if length == 0xFFFFFFFF:  # encapsulated (compressed)
+        return _inspect_fragments(fh, data_start, size)
     if data_start + length > size:
         return (f"pixel data of {length} bytes declared, {size - data_start} bytes present "
-                f"({size} bytes in the file)")
-    return ""
+                f"({size} bytes in the file)"), None
+    return "", _PixelData(length=length)
+
+
+def _inspect_fragments(fh, pos: int, size: int) -> tuple[str, _PixelData | None]:
+    """Walk the items of encapsulated pixel data from ``pos``: the Basic Offset Table, then
+    the fragments, then the sequence delimiter (item headers only; nothing is decoded)."""
+    n_items = n_offsets = 0
+    while True:
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8:
+            return "compressed pixel data without its end (sequence delimiter missing)", None
+        tag, length = head[:4], int.from_bytes(head[4:8], "little")
+        if tag == _SEQ_DELIMITER:
+            break
+        if tag != _ITEM:
+            return (f"compressed pixel data: tag {tag.hex()} at offset {pos} where an item "
+                    f"or the sequence delimiter belongs"), None
+        if length == 0xFFFFFFFF or pos + 8 + length > size:
+            return (f"compressed pixel data cut: an item of {length} bytes at offset {pos}, "
+                    f"{size} bytes in the file"), None
+        if n_items == 0:
+            n_offsets = length // 4
+        n_items += 1
+        pos += 8 + length
+    if n_items == 0:
+        return "compressed pixel data without a Basic Offset Table item", None
+    return "", _PixelData(length=None, fragments=n_items - 1, offsets=n_offsets)
 
 
 def _has_preamble(path: Path) -> bool:
@@ -382,6 +788,7 @@ def _has_preamble(path: Path) -> bool:
     except OSError:
         return True  # let dcmread raise the OSError
     return head[128:132] == b"DICM"
+
 
 
 def _angle_deg(u: np.ndarray, v: np.ndarray) -> float:
@@ -405,8 +812,9 @@ def plan_stack(slices: Sequence[SliceHeader], *, source: str | os.PathLike) -> S
     Raises
     ------
     InputError
-        Fewer than two slices, mixed image sizes, gantry tilt or a non-axial series,
-        missing slices.
+        Fewer than two slices, mixed image sizes, a PixelSpacing that is not positive or not
+        the same for all slices, gantry tilt or a non-axial series, missing slices, a slice
+        spacing that is not a positive finite number.
     """
     dropped: list[dict[str, str]] = []
     imgs = []
@@ -443,7 +851,12 @@ def plan_stack(slices: Sequence[SliceHeader], *, source: str | os.PathLike) -> S
     if len(sizes) > 1:
         raise InputError(source, f"mixed image sizes in one series (Rows x Columns: "
                          f"{', '.join(f'{r}x{c}' for r, c in sizes)}); expected one size")
-    pss = np.array([s.pixel_spacing for s in imgs])
+    pss = np.array([s.pixel_spacing for s in imgs], dtype=float)
+    if not (np.isfinite(pss).all() and (pss > 0).all()):
+        bad = next(s for s in imgs if not (np.isfinite(s.pixel_spacing).all()
+                                           and min(s.pixel_spacing) > 0))
+        raise InputError(bad.path, f"PixelSpacing must be positive finite mm; found "
+                         f"{bad.pixel_spacing[0]:g}\\{bad.pixel_spacing[1]:g}")
     if np.ptp(pss, axis=0).max() > 1e-3 * pss.max():
         raise InputError(source, f"mixed PixelSpacing in one series "
                          f"({sorted({tuple(p) for p in pss.tolist()})}); expected one spacing")
@@ -490,12 +903,19 @@ def plan_stack(slices: Sequence[SliceHeader], *, source: str | os.PathLike) -> S
                          f"expected slices stacked along the normal")
     gaps = np.diff(pos)
     median = float(np.median(gaps))
+    if not (np.isfinite(gaps).all() and median > 0):
+        raise InputError(source, f"the slice spacing from ImagePositionPatient is not a positive "
+                         f"finite number (median gap {median:g} mm)")
     worst = int(np.argmax(gaps))
     if gaps[worst] > MAX_GAP_RATIO * median:
         raise InputError(source, f"missing slices: a gap of {gaps[worst]:.2f} mm between the "
                          f"slices at {pos[worst]:.2f} and {pos[worst + 1]:.2f} mm along the slice "
                          f"normal, {gaps[worst] / median:.1f} x the median spacing {median:.2f} mm")
     resample = bool(np.max(np.abs(gaps - median)) > IRREGULAR_GAP * median)
+    n_out = (int(math.floor((pos[-1] - pos[0]) / median + 1e-6)) + 1) if resample else len(imgs)
+    if n_out * imgs[0].rows * imgs[0].cols > MAX_SERIES_VOXELS:
+        raise InputError(source, f"a volume of {n_out} x {imgs[0].rows} x {imgs[0].cols} voxels, "
+                         f"more than lungcad reads ({MAX_SERIES_VOXELS} voxels)")
     direction = np.column_stack([row_dir, col_dir, normal])
     origin = tuple(float(v) for v in imgs[0].position)
     spacing = (median, float(pss[0][0]), float(pss[0][1]))
@@ -508,56 +928,88 @@ def plan_stack(slices: Sequence[SliceHeader], *, source: str | os.PathLike) -> S
 def _decode_file(path: Path) -> np.ndarray:
     """The stored pixel values of one file: (rows, cols) or (frames, rows, cols)."""
     ds = pydicom.dcmread(path, force=not _has_preamble(path))
+    if not _transfer_syntax(ds):  # a data set without file meta: as it was encoded
+        ds.file_meta.TransferSyntaxUID = _encoding_syntax(ds)
     return ds.pixel_array
 
 
+_INT16 = np.iinfo(np.int16)
+
+
 def _to_hu(raw: np.ndarray, *, slope: float, intercept: float,
-           padding: tuple[float, float] | None) -> tuple[np.ndarray, int, int]:
-    """int16 HU of one image, the number of padding pixels and of all pixels set to air."""
-    if float(slope).is_integer() and float(intercept).is_integer() and raw.dtype.kind in "iu":
-        hu = raw.astype(np.int32)  # exact and fast: the usual slope 1, intercept -1024
+           padding: tuple[float, float] | None, where: str | os.PathLike = ""
+           ) -> tuple[np.ndarray, int, int]:
+    """int16 HU of one image, the number of padding pixels and of all pixels set to air.
+
+    Raises InputError (naming ``where``) when the HU of a pixel that is not padding lie
+    outside int16: a RescaleSlope or RescaleIntercept that cannot be right.
+    """
+    if (float(slope).is_integer() and float(intercept).is_integer() and 1 <= slope <= 64
+            and abs(intercept) <= 2 ** 20 and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2):
+        hu = raw.astype(np.int32)  # exact and fast (no overflow): the usual slope 1
         if slope != 1:
             hu *= int(slope)
         hu += int(intercept)
     else:
         hu = np.rint(raw.astype(np.float64) * slope + intercept)
-    low = hu < HU_AIR
+    pad = None
     n_pad = 0
     if padding is not None:
         pad = (raw >= padding[0]) & (raw <= padding[1])
         n_pad = int(pad.sum())
-        if n_pad:
-            low |= pad
+    image = hu if not n_pad else hu[~pad]
+    if image.size:
+        lo, hi = image.min(), image.max()
+        if not (lo >= _INT16.min and hi <= _INT16.max):  # also false for NaN
+            raise InputError(where, f"HU from {float(lo):.6g} to {float(hi):.6g} (stored values "
+                             f"x RescaleSlope {slope:g} + RescaleIntercept {intercept:g}), "
+                             f"beyond the int16 range {_INT16.min}..{_INT16.max}: the rescale "
+                             f"cannot be right")
+    low = hu < HU_AIR
+    if n_pad:
+        low |= pad
     hu[low] = HU_AIR
-    np.minimum(hu, np.iinfo(np.int16).max, out=hu)
     return hu.astype(np.int16), n_pad, int(low.sum())
 
 
 def _is_compressed(ts: str) -> bool:
     if not ts:
         return False
-    try:
-        return bool(pydicom.uid.UID(ts).is_compressed)
-    except ValueError:  # a private transfer syntax: let GDCM try
+    if ts not in pydicom.uid.UID_dictionary:  # a private transfer syntax: let GDCM try
         return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the UID was checked by read_header
+        return bool(pydicom.uid.UID(ts).is_compressed)
 
 
-def _read_pydicom(plan: StackPlan, headers: dict[Path, DicomFileHeader]
-                  ) -> tuple[np.ndarray, int, int]:
+def _read_pydicom(plan: StackPlan, headers: dict[Path, DicomFileHeader],
+                  notes: list[str] | None = None) -> tuple[np.ndarray, int, int]:
     """Decode the planned slices with pydicom, each file once.
 
     Single-frame files are decoded on a small thread pool, in slice order, and each is turned
     into HU as soon as it arrives, so that only a few raw slices are held at a time.
+    pydicom's warnings while decoding are appended to ``notes`` (never printed).
     """
     decode = _guarded(lambda p: _decode_file(p))  # looked up at call time (tests patch it)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # header oddities were met (and judged) by read_header
-        if plan.slices[0].frame is not None:  # one multi-frame file
-            frames = decode(plan.slices[0].path)
-            return _assemble(plan, headers, lambda s, _raw: frames[s.frame])
-        paths = [s.path for s in plan.slices]
-        with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(paths)))) as pool:
-            return _assemble(plan, headers, lambda s, raw: raw, raws=pool.map(decode, paths))
+    # The filters are process-wide, so this also catches the warnings of the pool's threads.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if plan.slices[0].frame is not None:  # one multi-frame file
+                path = plan.slices[0].path
+                frames = decode(path)
+                n = headers[path].n_frames
+                if frames.ndim != 3 or len(frames) != n:
+                    raise InputError(path, f"pixel data of shape {frames.shape}; the header says "
+                                     f"{n} frames of {plan.slices[0].rows}x{plan.slices[0].cols}")
+                return _assemble(plan, headers, lambda s, _raw: frames[s.frame])
+            paths = [s.path for s in plan.slices]
+            with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(paths)))) as pool:
+                return _assemble(plan, headers, lambda s, raw: raw, raws=pool.map(decode, paths))
+        finally:
+            if notes is not None:
+                notes.extend(f"pydicom, decoding the pixel data: {w}"
+                             for w in _library_warnings(caught))
 
 
 class _DecodeFailure(Exception):
@@ -573,6 +1025,9 @@ def _guarded(fn: Callable[[Path], np.ndarray]) -> Callable[[Path], np.ndarray]:
     def run(p: Path) -> np.ndarray:
         try:
             return fn(p)
+        except MemoryError as e:
+            raise InputError(p, f"not enough memory to decode the pixel data "
+                             f"({p.stat().st_size} bytes in the file)") from e
         except Exception as e:  # any decoder failure: re-raised below with the file named
             raise _DecodeFailure(p, e) from e
     return run
@@ -592,7 +1047,7 @@ def _assemble(plan: StackPlan, headers: dict[Path, DicomFileHeader],
             raise InputError(s.path, f"pixel data of shape {raw.shape}; the header says "
                              f"{s.rows}x{s.cols}")
         out[k], p, low = _to_hu(raw, slope=s.slope, intercept=s.intercept,
-                                padding=headers[s.path].padding)
+                                padding=headers[s.path].padding, where=s.path)
         n_pad += p
         n_low += low
     return out, n_pad, n_low
@@ -604,6 +1059,8 @@ def _read_simpleitk(plan: StackPlan, headers: dict[Path, DicomFileHeader]
     import SimpleITK as sitk
 
     files = list(dict.fromkeys(s.path for s in plan.slices))
+    display = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's warnings would go to stderr raw
     try:
         if plan.slices[0].frame is None:
             reader = sitk.ImageSeriesReader()
@@ -618,6 +1075,8 @@ def _read_simpleitk(plan: StackPlan, headers: dict[Path, DicomFileHeader]
         last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise InputError(files[0].parent, f"SimpleITK/GDCM cannot read the pixel data "
                          f"either ({last})") from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(display)
     s0 = plan.slices[0]
     out = np.empty((len(plan.slices), s0.rows, s0.cols), dtype=np.int16)
     n_pad = n_low = 0
@@ -627,7 +1086,10 @@ def _read_simpleitk(plan: StackPlan, headers: dict[Path, DicomFileHeader]
         # GDCM returns rescaled values: find padding in HU.
         padding = None if pad_hu is None else tuple(
             sorted(v * s.slope + s.intercept for v in pad_hu))
-        out[k], p, low = _to_hu(hu, slope=1.0, intercept=0.0, padding=padding)
+        if hu.shape != (s.rows, s.cols):
+            raise InputError(s.path, f"pixel data of shape {hu.shape} from SimpleITK; the "
+                             f"header says {s.rows}x{s.cols}")
+        out[k], p, low = _to_hu(hu, slope=1.0, intercept=0.0, padding=padding, where=s.path)
         n_pad += p
         n_low += low
     return out, n_pad, n_low
@@ -664,6 +1126,23 @@ def check_geometry_present(headers: Sequence[DicomFileHeader]) -> None:
                              "the patient (a secondary capture or screenshot?)")
 
 
+def series_warnings(headers: Sequence[DicomFileHeader]) -> list[str]:
+    """The warnings of a series' files, one line each: ``"<file>: <warning>"`` when one file
+    has it, ``"<warning> (<n> files, the first <file>)"`` when several have."""
+    by_text: dict[str, list[Path]] = {}
+    for h in headers:
+        for w in h.warnings:
+            by_text.setdefault(w, []).append(h.path)
+    return [f"{paths[0]}: {w}" if len(paths) == 1 else f"{w} ({len(paths)} files, the first "
+            f"{min(paths)})" for w, paths in by_text.items()]
+
+
+def _new_decode_notes(headers: Sequence[DicomFileHeader], notes: list[str]) -> list[str]:
+    """The decoding warnings that the headers did not already give."""
+    seen = {w for h in headers for w in h.warnings}
+    return [n for n in dict.fromkeys(notes) if n.split(": ", 1)[-1] not in seen]
+
+
 def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.PathLike,
                      patient_id: str | None = None) -> CTVolume:
     """Build a CTVolume from the headers of one series (single-frame files or one
@@ -686,8 +1165,9 @@ def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.Pat
     slices = [s for h in headers for s in h.slices]
     plan = plan_stack(slices, source=source)
     reader = "pydicom"
+    decode_notes: list[str] = []
     try:
-        vol, n_pad, n_low = _read_pydicom(plan, by_path)
+        vol, n_pad, n_low = _read_pydicom(plan, by_path, decode_notes)
     except _DecodeFailure as e:
         h = by_path[e.path]
         if not _is_compressed(h.transfer_syntax):
@@ -723,6 +1203,7 @@ def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.Pat
         "clipped_voxels": int(n_low),
         "padding_voxels": int(n_pad),
         **meta_z,
+        "warnings": series_warnings(headers) + _new_decode_notes(headers, decode_notes),
     }
     pid = patient_id if patient_id is not None else first.patient_id
     return CTVolume(hu=vol, spacing=plan.spacing, origin=plan.origin, direction=plan.direction,
