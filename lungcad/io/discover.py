@@ -3,9 +3,15 @@
 :func:`discover` walks a tree and returns one :class:`SeriesInfo` per series: DICOM files are
 grouped by SeriesInstanceUID (not by folder), each multi-frame DICOM file and each ITK/NIfTI
 file is a series of its own.  :func:`load_ct` loads one scan from a folder or a file.
+
+A file that cannot be read never stops :func:`discover`: it is reported (once per folder and
+problem) and the walk goes on.  DICOM objects without an image (DICOMDIR, reports, RT plans)
+are not scans: they are listed in ``skipped``, and reported as errors only when nothing else
+was found.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -17,11 +23,13 @@ from typing import Any
 
 from lungcad.errors import InputError
 from lungcad.io.dicom import DicomFileHeader, check_geometry_present, load_dicom_stack, \
-    looks_like_dicom, plan_stack, read_header
+    looks_like_dicom, plan_stack, read_header, series_warnings, uid_name
 from lungcad.io.itk import is_itk_file, itk_stem, load_itk, read_itk_info
 from lungcad.volume import CTVolume
 
 __all__ = ["SeriesInfo", "discover", "choose_series", "kernel_rank", "load_series", "load_ct"]
+
+log = logging.getLogger(__name__)
 
 # Files that belong to ITK images or are obviously not images: never opened.
 _SKIP_SUFFIXES = (".raw", ".zraw", ".img", ".xml", ".csv", ".txt", ".json", ".md", ".png",
@@ -46,6 +54,9 @@ class SeriesInfo:
     kernel : ConvolutionKernel ("" when absent)
     slice_thickness : SliceThickness in mm (the z spacing when absent)
     problem : "" or why this series cannot be loaded (missing slices, not axial, ...)
+    warnings : problems of its files that do not stop the reading (see
+        :func:`lungcad.io.dicom.series_warnings`); :func:`load_series` puts them in
+        ``volume.meta["warnings"]``
     """
 
     path: Path
@@ -62,6 +73,7 @@ class SeriesInfo:
     kernel: str = ""
     slice_thickness: float | None = None
     problem: str = ""
+    warnings: list[str] = field(default_factory=list)
     headers: list[DicomFileHeader] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +93,7 @@ class SeriesInfo:
             "kernel": self.kernel,
             "slice_thickness": self.slice_thickness,
             "problem": self.problem,
+            "warnings": list(self.warnings),
         }
 
     @property
@@ -141,7 +154,12 @@ def _dicom_series(headers: list[DicomFileHeader], *, fallback_patient: str) -> S
         spacing=spacing, kernel=first.kernel,
         slice_thickness=first.slice_thickness if first.slice_thickness else
         (None if math.isnan(spacing[0]) else spacing[0]),
-        problem=problem, headers=headers)
+        problem=problem, warnings=series_warnings(headers), headers=headers)
+
+
+def _sop_class_name(uid: str) -> str:
+    name = uid_name(uid) if uid else "-"
+    return name if name == uid else f"{name}, {uid}"
 
 
 def _patient_from_path(path: Path, root: Path) -> str:
@@ -153,7 +171,8 @@ def _patient_from_path(path: Path, root: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else root.name
 
 
-def discover(root: str | os.PathLike, *, errors: list | None = None) -> list[SeriesInfo]:
+def discover(root: str | os.PathLike, *, errors: list | None = None,
+             skipped: list | None = None) -> list[SeriesInfo]:
     """Find every scan under ``root``.
 
     Parameters
@@ -161,9 +180,13 @@ def discover(root: str | os.PathLike, *, errors: list | None = None) -> list[Ser
     root : a folder (walked recursively) or one file (a DICOM file or an ITK/NIfTI image)
     errors : list, optional
         Problems with single files are appended as ``(path, message)``: files that look like
-        DICOM (DICM preamble or a ``.dcm`` name) but cannot be read, and unreadable ITK files.
-        Without a list they are issued as warnings.  Other files (XML, CSV, LICENSE, ``.raw``)
-        are skipped silently.
+        DICOM (DICM preamble, a ``.dcm`` name, or a data set without preamble, either byte
+        order) but cannot be read, and unreadable ITK files.  Files of one folder with the same
+        problem give one entry (the first file, and how many more).  When nothing is found,
+        the DICOM objects without an image are errors too.  Without a list they are issued as
+        warnings.  Other files (XML, CSV, LICENSE, ``.raw``) are skipped silently.
+    skipped : list, optional
+        DICOM objects without an image (DICOMDIR, SR, RT plans...), as ``(path, reason)``.
 
     Returns
     -------
@@ -190,8 +213,10 @@ def discover(root: str | os.PathLike, *, errors: list | None = None) -> list[Ser
     groups: dict[tuple, list[DicomFileHeader]] = defaultdict(list)
     fallback: dict[tuple, str] = {}
     found: list[SeriesInfo] = []
+    no_image: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        problems: dict[str, list[Path]] = {}  # message -> the files of this folder with it
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -208,10 +233,20 @@ def discover(root: str | os.PathLike, *, errors: list | None = None) -> list[Ser
             try:
                 h = read_header(path)
             except InputError as e:
-                _report(errors, path, e.problem)
+                problems.setdefault(e.problem, []).append(path)
                 continue
-            if not h.has_image:
-                continue  # DICOMDIR, structured reports, RT structures: not scans
+            except Exception as e:  # noqa: BLE001 - a bug in read_header must not stop the batch
+                log.exception("reading the header of %s", path)
+                problems.setdefault(f"lungcad failed to read this header ({type(e).__name__}: "
+                                    f"{e}); this is a bug in lungcad, please report it",
+                                    []).append(path)
+                continue
+            if not h.has_image:  # DICOMDIR, structured reports, RT structures: not scans
+                reason = (f"a DICOM object without an image (Modality {h.modality or '-'}, "
+                          f"SOP class {_sop_class_name(h.sop_class)}); not a scan")
+                no_image.append((path, reason))
+                log.info("skipped %s: %s", path, reason)
+                continue
             if h.multiframe:
                 key = ("multiframe", str(path))
             elif h.series_uid:
@@ -220,8 +255,17 @@ def discover(root: str | os.PathLike, *, errors: list | None = None) -> list[Ser
                 key = ("folder", str(path.parent))
             groups[key].append(h)
             fallback.setdefault(key, _patient_from_path(path, root))
+        for message, paths in problems.items():
+            more = (f" (and {len(paths) - 1} more file(s) in {paths[0].parent} with the same "
+                    f"problem)" if len(paths) > 1 else "")
+            _report(errors, paths[0], message + more)
     for key, headers in groups.items():
         found.append(_dicom_series(headers, fallback_patient=fallback[key]))
+    if skipped is not None:
+        skipped.extend(no_image)
+    if not found:
+        for path, reason in no_image:
+            _report(errors, path, f"{reason}, and no scan was found beside it")
     found.sort(key=lambda s: (s.patient_id, s.series_uid, str(s.path)))
     return found
 
