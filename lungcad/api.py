@@ -8,6 +8,8 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,9 @@ def resolve_inputs(input_path, *, errors: list | None = None):
     """Every series under ``input_path`` (a tree, a series folder, an image file, or a list file).
 
     Problems that do not stop the batch (a corrupt file, a listed path that does not
-    exist) are appended to ``errors`` as ``(path, message)``.  A top-level path that
-    does not exist raises :class:`InputError`.
+    exist) are appended to ``errors`` as ``(path, message)``, or ``(path, message,
+    exception)`` for a bug met while reading a listed path.  A top-level path that
+    does not exist, or holds no scan, raises :class:`InputError`.
     """
     from lungcad.io import discover
 
@@ -52,7 +55,7 @@ def resolve_inputs(input_path, *, errors: list | None = None):
                 errors.append((str(q), "listed in " + str(p) + " but no such file or folder"))
                 continue
             n_err = len(errors)
-            series = discover(q, errors=errors)
+            series = _discover(q, errors)
             if not series and len(errors) == n_err:
                 errors.append((str(q), "no DICOM series or image file found here"))
             found.extend(series)
@@ -62,6 +65,43 @@ def resolve_inputs(input_path, *, errors: list | None = None):
     if not series and len(errors) == n_err:
         raise InputError(p, "no CT scan found (no DICOM series, .mhd/.mha or .nii/.nii.gz file)")
     return _unique(series)
+
+
+def _discover(path, errors: list) -> list:
+    """:func:`lungcad.io.discover` of one listed path; whatever stops it (an input error, or a
+    bug: then with the exception as a third item, for ``--debug``) is one entry of ``errors``."""
+    from lungcad.io import discover
+
+    try:
+        return discover(path, errors=errors)
+    except InputError as e:
+        errors.append((e.path or str(path), e.problem))
+    except Exception as e:  # noqa: BLE001  a bug while reading one listed path: the others go on
+        errors.append((str(path), unexpected_message(e, "io"), e))
+    return []
+
+
+def unexpected_message(exc: BaseException, stage: str) -> str:
+    """The one-line message of an exception that is not a :class:`LungcadError`: a bug in lungcad
+    or a library's surprise, not a problem lungcad knows how to name."""
+    text = " ".join(str(exc).split())
+    return (f"unexpected {type(exc).__name__}{': ' + text if text else ''} (in stage {stage}; "
+            f"a bug in lungcad: run with --debug for the traceback and report it)")
+
+
+@contextmanager
+def captured_warnings(into: list):
+    """Python warnings issued inside the block (pydicom's, numpy's, ...) appended to ``into`` as
+    ``"Category: message"`` lines, each once, instead of being printed to stderr.  The warning
+    filters in force decide, as ever, which warnings are issued."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            for w in caught:
+                line = f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+                if line not in into:
+                    into.append(line)
 
 
 def _unique(series):
@@ -79,7 +119,9 @@ def select_series(series, *, all_series: bool = False, series_uids=()):
 
     Non-CT series, and series that cannot be stacked (missing slices, tilt, ...), are
     rejected with the reason.  By default one series per patient is chosen by
-    :func:`lungcad.io.choose_series` (the thinnest slices, then the softest kernel).
+    :func:`lungcad.io.choose_series` (the thinnest slices, then the softest kernel); should
+    that fail on a patient's series (a bug), they are rejected as ``(series, reason,
+    exception)`` and the other patients are chosen as usual.
     """
     from lungcad.io import choose_series
 
@@ -98,7 +140,17 @@ def select_series(series, *, all_series: bool = False, series_uids=()):
     elif all_series:
         chosen = ct
     else:
-        chosen = list(choose_series(ct).values())
+        chosen = []
+        by_patient: dict = {}
+        for s in ct:
+            by_patient.setdefault(s.patient_id, []).append(s)
+        for group in by_patient.values():
+            try:
+                chosen.extend(choose_series(group).values())
+            except Exception as e:  # noqa: BLE001  a bug in choosing: this patient's series fail, not the batch
+                rejected.extend((s, unexpected_message(e, "io"), e) for s in group)
+        failed = {id(r[0]) for r in rejected}
+        ct = [s for s in ct if id(s) not in failed]
     chosen_ids = {id(s) for s in chosen}
     not_chosen = [s for s in ct if id(s) not in chosen_ids]
     chosen.sort(key=lambda s: (str(s.patient_id), str(s.series_uid), str(s.path)))
@@ -115,6 +167,11 @@ def detect(input_path, output_dir, *, pipeline=None, batch_size: int | None = No
            series_uids=(), overwrite: bool = False, progress: bool = False,
            log=None) -> dict[str, Any]:
     """Run the pipeline on every scan under ``input_path`` and write the outputs.
+
+    A scan that fails, for any reason, gets a row in ``errors.csv`` and one line on the log's
+    error stream, and the batch goes on with the next scan; an input that does not exist or
+    holds no scan is such a row too.  The tables and ``run.json`` are written at the end even
+    when something stops the batch (an interrupt, a weights file that cannot be loaded).
 
     Parameters
     ----------
@@ -136,33 +193,36 @@ def detect(input_path, output_dir, *, pipeline=None, batch_size: int | None = No
                         num_shards=num_shards, shard_index=shard_index, all_series=all_series,
                         series_uids=series_uids, overwrite=overwrite, log=log)
     pipe, out, pending = batch.pipe, batch.out, batch.pending
-    if pending:
-        pipe.load_models()
     done, failures = 0, batch.failures
     bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(pending), unit="scan", desc="lungcad detect", file=sys.stdout)
-    for s in pending:
-        job = ScanJob(s)
-        try:
-            volume, prep = job.load(pipe)
-            result, crops = job.networks(pipe, volume, prep)
-            job.write(out, result, crops)
-            done += 1
-            if not bar:
-                log.info(done_line(result))
-        except (LungcadError, MemoryError) as e:
-            failures += 1
-            report_error(out, log, job.error(e), e)
-        finally:
-            volume = prep = result = crops = None
-            gc.collect()
-            if bar:
-                bar.update(1)
-    if bar:
-        bar.close()
-    return batch.finish(done=done, failures=failures, log=log)
+    try:
+        if pending:
+            pipe.load_models()
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(pending), unit="scan", desc="lungcad detect", file=sys.stdout)
+        for s in pending:
+            job = ScanJob(s)
+            try:
+                volume, prep = job.load(pipe)
+                result, crops = job.networks(pipe, volume, prep)
+                job.write(out, result, crops)
+                done += 1
+                if not bar:
+                    log.info(done_line(result))
+            except Exception as e:  # noqa: BLE001  whatever fails one scan is that scan's error row
+                failures += 1
+                report_error(out, log, job.error(e, unexpected=True), e)
+            finally:
+                volume = prep = result = crops = None
+                gc.collect()
+                if bar:
+                    bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+        summary = batch.finish(done=done, failures=failures, log=log)
+    return summary
 
 
 class Batch:
@@ -170,14 +230,18 @@ class Batch:
     the part of :func:`detect` that any engine shares (the Ray engine too)."""
 
     def __init__(self, *, input_path, output_dir, pipe, out, pending, skipped, not_chosen, failures,
-                 num_shards, shard_index, t_start):
+                 num_shards, shard_index, t_start, warnings=()):
         self.input_path, self.output_dir = input_path, output_dir
         self.pipe, self.out, self.pending = pipe, out, pending
         self.skipped, self.not_chosen, self.failures = skipped, not_chosen, failures
         self.num_shards, self.shard_index, self.t_start = num_shards, shard_index, t_start
+        self.warnings = list(warnings)
 
     def finish(self, *, done: int, failures: int, log, engine: dict | None = None) -> dict[str, Any]:
-        """Write ``run.json`` and the tables (:meth:`OutputDir.finalize`) and return the summary."""
+        """Write ``run.json`` and the tables (:meth:`OutputDir.finalize`) and return the summary.
+
+        A result file of the folder that cannot be read (left by an earlier run) is one error
+        line and an ``errors.csv`` row; it does not keep the tables from being written."""
         from lungcad.pipeline import versions
 
         run_info = {
@@ -192,11 +256,17 @@ class Batch:
             "not_chosen": [{"patient_id": s.patient_id, "series_uid": s.series_uid, "path": str(s.path)}
                            for s in self.not_chosen],
         }
+        if self.warnings:
+            run_info["discovery_warnings"] = self.warnings
         if engine:
             run_info["engine"] = engine
-        summary = self.out.finalize(run_info=run_info)
+        problems: list = []
+        summary = self.out.finalize(run_info=run_info, problems=problems)
+        for e in problems:
+            log.error(one_line(f"lungcad detect: error: {e}"))
+        failures += len(problems)
         summary = {**summary, "done": done, "failed": failures, "skipped": self.skipped}
-        log.info(f"{done} done, {failures} failed, {self.skipped} skipped; results in {self.output_dir}")
+        log.info(one_line(f"{done} done, {failures} failed, {self.skipped} skipped; results in {self.output_dir}"))
         return summary
 
 
@@ -216,8 +286,10 @@ def make_pipeline(pipeline=None, batch_size: int | None = None):
 def start_batch(input_path, output_dir, *, pipeline=None, batch_size=None, num_shards=1, shard_index=0,
                 all_series=False, series_uids=(), overwrite=False, log=None) -> Batch:
     """Everything :func:`detect` does before the first scan: the pipeline, the output folder,
-    the scans found, an error row for each bad input found on the way (shard 0 writes them),
-    and the scans of this shard that are not done yet."""
+    the scans found, an error row for each bad input found on the way (shard 0 writes them;
+    an input that does not exist or holds no scan is counted by every shard), and the scans
+    of this shard that are not done yet.  Nothing found on the way stops the batch: a bug
+    while discovering is one error row for the input, with its traceback under ``--debug``."""
     from lungcad.outputs import OutputDir, safe_id
 
     log = log or _PrintLog()
@@ -226,21 +298,32 @@ def start_batch(input_path, output_dir, *, pipeline=None, batch_size=None, num_s
     out = OutputDir(output_dir)
 
     discovery_errors: list = []
-    series = resolve_inputs(input_path, errors=discovery_errors)
-    chosen, rejected, not_chosen = select_series(series, all_series=all_series, series_uids=series_uids)
+    whole_input: list = []          # the input itself is unusable: every shard reports it
+    caught: list = []
+    with captured_warnings(caught):
+        try:
+            series = resolve_inputs(input_path, errors=discovery_errors)
+        except InputError as e:
+            series = []
+            whole_input.append((e.path or str(input_path), e.problem))
+        except Exception as e:  # noqa: BLE001  a bug while discovering: recorded, and the outputs still written
+            series = []
+            whole_input.append((str(input_path), unexpected_message(e, "io"), e))
+        chosen, rejected, not_chosen = select_series(series, all_series=all_series, series_uids=series_uids)
     todo = shard(chosen, num_shards, shard_index)
     failures = 0
     # input problems found while discovering: each becomes an error row (shard 0 reports them)
+    problems = whole_input + (discovery_errors if shard_index == 0 else [])
+    for path, message, *exc in problems:
+        out.write_error(safe_id("", str(path)), path=str(path), stage="io", message=message,
+                        patient_id="", series_uid="")
+        log.error(one_line(f"lungcad detect: error: {path}: {message}"), *exc)
+        failures += 1
     if shard_index == 0:
-        for path, message in discovery_errors:
-            out.write_error(safe_id("", str(path)), path=str(path), stage="io", message=message,
-                            patient_id="", series_uid="")
-            log.error(f"lungcad detect: error: {path}: {message}")
-            failures += 1
-        for s, reason in rejected:
+        for s, reason, *exc in rejected:
             out.write_error(safe_id(s.patient_id, s.series_uid), path=str(s.path), stage="io",
                             message=reason, patient_id=s.patient_id, series_uid=s.series_uid)
-            log.error(f"lungcad detect: error: {s.path}: {reason}")
+            log.error(one_line(f"lungcad detect: error: {s.path}: {reason}"), *exc)
             failures += 1
 
     pending = [s for s in todo if overwrite or not out.scan_done(safe_id(s.patient_id, s.series_uid))]
@@ -249,14 +332,15 @@ def start_batch(input_path, output_dir, *, pipeline=None, batch_size=None, num_s
         log.info(f"{skipped} scan(s) already done in {output_dir}: skipped (use --overwrite to redo)")
     return Batch(input_path=input_path, output_dir=output_dir, pipe=pipe, out=out, pending=pending,
                  skipped=skipped, not_chosen=not_chosen, failures=failures, num_shards=num_shards,
-                 shard_index=shard_index, t_start=t_start)
+                 shard_index=shard_index, t_start=t_start, warnings=caught)
 
 
 class ScanJob:
     """One scan's work, in the steps that an engine may run in different processes:
     :meth:`load` (reading and the lung mask: CPU only), :meth:`networks` (the rest of the
     pipeline and the crops) and :meth:`write`.  Each step records the stage it is in, so that
-    :meth:`error` reports a failure under the stage where it happened."""
+    :meth:`error` reports a failure under the stage where it happened.  Python warnings issued
+    by a step (a library's) go into the scan's warnings, not to stderr."""
 
     def __init__(self, series):
         from lungcad.outputs import safe_id
@@ -269,19 +353,27 @@ class ScanJob:
         """``(volume, prepared)``: the scan read, and :meth:`Pipeline.prepare` of it."""
         from lungcad.io import load_series
 
-        self.stage = "io"
-        volume = load_series(self.series)
-        self.stage = "pipeline"
-        return volume, pipe.prepare(volume)
+        caught: list = []
+        with captured_warnings(caught):
+            self.stage = "io"
+            volume = load_series(self.series)
+            self.stage = "pipeline"
+            prep = pipe.prepare(volume)
+        prep.warnings.extend(w for w in caught if w not in prep.warnings)
+        return volume, prep
 
     def networks(self, pipe, volume, prep):
         """``(result, crops)``: :meth:`Pipeline.finish` and the PNG crops of the top candidates."""
         from lungcad.outputs import render_crops
 
-        self.stage = "pipeline"
-        result = pipe.finish(volume, prep, input_path=str(self.series.path))
-        self.stage = "outputs"
-        return result, render_crops(volume, result.candidates, top_n=3)
+        caught: list = []
+        with captured_warnings(caught):
+            self.stage = "pipeline"
+            result = pipe.finish(volume, prep, input_path=str(self.series.path))
+            self.stage = "outputs"
+            crops = render_crops(volume, result.candidates, top_n=3)
+        result.warnings.extend(w for w in caught if w not in result.warnings)
+        return result, crops
 
     def write(self, out, result, crops) -> None:
         self.stage = "outputs"
@@ -289,24 +381,23 @@ class ScanJob:
 
     def error(self, exc: BaseException, *, unexpected: bool = False) -> dict[str, str] | None:
         """The error row of a failure of this scan (``stage``, ``message``, ...) and its one
-        log line (``line``); None for an exception that is a bug rather than a scan's fault,
-        unless ``unexpected`` (then the exception's type and text are the message)."""
+        log line (``line``, which names the scan's path); None for an exception that is a bug
+        rather than a scan's fault, unless ``unexpected`` (then the message names the
+        exception's type and text, and says that it is a bug)."""
         s, path = self.series, str(self.series.path)
         if isinstance(exc, LungcadError):
             stage = exc.stage if isinstance(exc, StageError) else self.stage
             message = str(exc)
-            line = (f"lungcad detect: error: {exc}" if isinstance(exc, StageError) or path in message
-                    else f"lungcad detect: error: {path}: {exc}")
         elif isinstance(exc, MemoryError):
-            stage, message = self.stage, "out of memory"
-            line = f"lungcad detect: error: {path}: out of memory in stage {self.stage}"
+            stage, message = self.stage, f"out of memory in stage {self.stage}"
         elif unexpected:
-            stage, message = self.stage, f"{type(exc).__name__}: {exc}"
-            line = f"lungcad detect: error: {path}: {message} (in stage {self.stage})"
+            stage, message = self.stage, unexpected_message(exc, self.stage)
         else:
             return None
+        line = message if message.startswith(path) else f"{path}: {message}"
         return {"sid": self.sid, "path": path, "stage": stage, "message": message,
-                "patient_id": s.patient_id, "series_uid": s.series_uid, "line": line}
+                "patient_id": s.patient_id, "series_uid": s.series_uid,
+                "line": one_line(f"lungcad detect: error: {line}")}
 
 
 def report_error(out, log, row: dict[str, str], exc: BaseException | None = None) -> None:
@@ -316,7 +407,15 @@ def report_error(out, log, row: dict[str, str], exc: BaseException | None = None
     log.error(row["line"], exc)
 
 
+def one_line(text: str) -> str:
+    """``text`` as one log line: control characters from headers or file names (newlines,
+    NUL, terminal escapes) written as visible escapes."""
+    from lungcad.outputs import escape_controls
+
+    return escape_controls(str(text))
+
+
 def done_line(result) -> str:
     """The log line of a scan done."""
-    return (f"done  {result.patient_id}  {result.series_uid}  P(cancer)={result.cancer_probability:.3f}  "
-            f"candidates={len(result.candidates)}  {sum(result.timings.values()):.1f}s")
+    return one_line(f"done  {result.patient_id}  {result.series_uid}  P(cancer)={result.cancer_probability:.3f}  "
+                    f"candidates={len(result.candidates)}  {sum(result.timings.values()):.1f}s")

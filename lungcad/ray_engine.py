@@ -244,27 +244,34 @@ def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None 
                         num_shards=num_shards, shard_index=shard_index, all_series=all_series,
                         series_uids=series_uids, overwrite=overwrite, log=log)
     pipe, out, pending = batch.pipe, batch.out, batch.pending
-    done, failures = 0, batch.failures
+    counts = {"done": 0, "failures": batch.failures}
     engine = {"name": "ray", "address": address or "local", "actors": actors, "gpus_per_actor": gpus_per_actor}
-    if pending:
-        # the pipeline as the workers get it: before any model is loaded here (models given
-        # to Pipeline(...) directly travel with it; the shipped weights are on every node with
-        # lungcad; other weight files travel as bytes, so that no node needs the driver's files)
-        given = [r for r, m in (("segmenter", pipe._segmenter), ("classifier", pipe._classifier)) if m is not None]
-        pipe_blob = _dump(pipe)
-        pipe.load_models()        # a missing or unfit weights file: one error, before Ray starts
-        files = weight_files(pipe.config, skip=given)
-        started = ray_init(ray, address, num_cpus=num_cpus)
-        try:
-            done, failures = _run(ray, batch, pipe_blob, files, actors=actors, gpus_per_actor=gpus_per_actor,
-                                  retries=retries, progress=progress, log=log, done=done, failures=failures)
-        finally:
-            if started:
-                ray.shutdown()
-    return batch.finish(done=done, failures=failures, log=log, engine=engine)
+    try:
+        if pending:
+            # the pipeline as the workers get it: before any model is loaded here (models given
+            # to Pipeline(...) directly travel with it; the shipped weights are on every node with
+            # lungcad; other weight files travel as bytes, so that no node needs the driver's files)
+            given = [r for r, m in (("segmenter", pipe._segmenter), ("classifier", pipe._classifier))
+                     if m is not None]
+            pipe_blob = _dump(pipe)
+            pipe.load_models()        # a missing or unfit weights file: one error, before Ray starts
+            files = weight_files(pipe.config, skip=given)
+            started = ray_init(ray, address, num_cpus=num_cpus)
+            try:
+                _run(ray, batch, pipe_blob, files, actors=actors, gpus_per_actor=gpus_per_actor,
+                     retries=retries, progress=progress, log=log, counts=counts)
+            finally:
+                if started:
+                    ray.shutdown()
+    finally:
+        # whatever stopped the batch, the scans finished so far are in the tables and run.json
+        summary = batch.finish(done=counts["done"], failures=counts["failures"], log=log, engine=engine)
+    return summary
 
 
-def _run(ray, batch, pipe_blob, files, *, actors, gpus_per_actor, retries, progress, log, done, failures):
+def _run(ray, batch, pipe_blob, files, *, actors, gpus_per_actor, retries, progress, log, counts):
+    """Run the pending scans on Ray; ``counts`` (``done``, ``failures``) is kept up to date as
+    each scan ends, so that a batch stopped midway still counts what it finished."""
     from ray.data import DataContext
 
     from lungcad.api import ScanJob, done_line, report_error
@@ -303,19 +310,18 @@ def _run(ray, batch, pipe_blob, files, *, actors, gpus_per_actor, retries, progr
             _, _, result, crops = item
             try:
                 job.write(out, result, crops)
-                done += 1
+                counts["done"] += 1
                 log.info(done_line(result))
-            except (LungcadError, MemoryError) as e:
-                failures += 1
-                report_error(out, log, job.error(e), e)
+            except Exception as e:  # noqa: BLE001  whatever fails one scan is that scan's error row
+                counts["failures"] += 1
+                report_error(out, log, job.error(e, unexpected=True), e)
         else:
-            failures += 1
+            counts["failures"] += 1
             report_error(out, log, item[1])
         item = result = crops = None
     for i, s in enumerate(pending):
         if i not in seen:
             job = ScanJob(s)
             job.stage = "pipeline"
-            failures += 1
+            counts["failures"] += 1
             report_error(out, log, job.error(LungcadError(worker_died_message(s.path)), unexpected=True))
-    return done, failures
