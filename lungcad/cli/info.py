@@ -2,8 +2,10 @@
 
 One line per series (or a JSON list with ``--json``) on stdout.  Each problem found on the way
 (an unreadable file, or a series that cannot be loaded: missing slices, gantry tilt, ...) is
-also one line on stderr, and then the exit code is 1.  A series that is not CT is listed with
-its modality and is not a problem.
+also one line on stderr, and then the exit code is 1; so is a PATH where no scan is found.
+A series that is not CT is listed with its modality and is not a problem.  Text from headers
+and file names is printed with its control characters escaped; library warnings are shown
+with ``--debug`` only.
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import argparse
 import json
 import math
 import sys
+import traceback
+
+from lungcad.errors import LungcadError
 
 
 def add_parser(subparsers, parents) -> None:
@@ -30,11 +35,25 @@ def _fmt_spacing(spacing) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lungcad.api import captured_warnings, one_line, unexpected_message
     from lungcad.io import choose_series, discover
 
     errors: list = []
-    series = discover(args.path, errors=errors)
-    chosen = {id(s) for s in choose_series(series).values()}
+    caught: list = []
+    with captured_warnings(caught):
+        try:
+            series = discover(args.path, errors=errors)
+            chosen = {id(s) for s in choose_series(series).values()}
+        except LungcadError:
+            raise
+        except Exception as e:  # noqa: BLE001  a bug while reading: one line (the traceback with --debug)
+            if args.debug:
+                traceback.print_exc()
+            print(one_line(f"lungcad info: error: {args.path}: {unexpected_message(e, 'io')}"), file=sys.stderr)
+            return 1
+    if args.debug:
+        for w in caught:
+            print(one_line(f"lungcad info: warning: {w}"), file=sys.stderr)
     if args.json:
         rows = []
         for s in series:
@@ -54,10 +73,12 @@ def run(args: argparse.Namespace) -> int:
                     f"{s.format}  {s.path}")
             if s.problem:
                 line += f"  PROBLEM: {s.problem}"
-            print(line)
-        if not series:
-            print(f"no scans found under {args.path}", file=sys.stderr)
+            print(one_line(line))
     problems = list(errors) + [(s.path, s.problem) for s in series if s.problem]
     for path, message in problems:
-        print(f"lungcad info: error: {path}: {message}", file=sys.stderr)
+        print(one_line(f"lungcad info: error: {path}: {message}"), file=sys.stderr)
+    if not series and not problems:
+        print(one_line(f"lungcad info: error: {args.path}: no scans found (no DICOM series, .mhd/.mha or "
+                       f".nii/.nii.gz file)"), file=sys.stderr)
+        return 1
     return 1 if problems else 0
