@@ -22,7 +22,7 @@ from pydicom.filewriter import write_dataset
 
 from lungcad.errors import InputError
 from lungcad.io import discover, load_ct, write_dicom_multiframe, write_dicom_series
-from lungcad.io.dicom import is_valid_uid, looks_like_dicom
+from lungcad.io.dicom import SliceHeader, is_valid_uid, looks_like_dicom, plan_stack
 from lungcad.volume import CTVolume
 
 io_discover = importlib.import_module("lungcad.io.discover")  # the module, not the function
@@ -59,11 +59,14 @@ def _replace_bytes(path: Path, old: bytes, new: bytes) -> None:
 
 
 def _refused(path: Path) -> InputError:
-    """load_ct(path) raises InputError (nothing else) within FAST_S seconds."""
+    """load_ct(path) raises InputError (nothing else) within FAST_S seconds, and lets no
+    warning out."""
     t = time.perf_counter()
-    with pytest.raises(InputError) as e:
+    with pytest.raises(InputError) as e, warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
         load_ct(path)
     assert time.perf_counter() - t < FAST_S
+    assert [str(w.message) for w in leaked] == []
     assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
     return e.value
 
@@ -194,9 +197,10 @@ def test_one_value_pixel_spacing_reported_once(tmp_path):
 @pytest.mark.parametrize("elements, words", [
     (dict(RescaleSlope="1e300"), ["HU from ", "e+30", "RescaleSlope 1e+300",
                                   "beyond the int16 range"]),
+    (dict(RescaleSlope="1e308"), ["HU from inf to inf", "beyond the int16 range"]),
     (dict(RescaleIntercept="1e6"), ["RescaleIntercept 1e+06", "beyond the int16 range"]),
     (dict(RescaleSlope="40", RescaleIntercept="-1024"), ["RescaleSlope 40", "beyond the int16"]),
-], ids=["slope_1e300", "intercept_1e6", "slope_40"])
+], ids=["slope_1e300", "slope_1e308", "intercept_1e6", "slope_40"])
 def test_hu_beyond_int16_refused(tmp_path, elements, words):
     bad = _series(tmp_path)[4]
     _edit(bad, **elements)
@@ -226,6 +230,22 @@ def test_multiframe_frame_with_nan_position(tmp_path):
     assert e.path == str(f)
     assert "frame 4: ImagePositionPatient must be finite numbers; found nan\\20\\-292.5" \
         in e.problem
+
+
+def _slice(z: float, pixel_spacing=(0.7, 0.8)) -> SliceHeader:
+    return SliceHeader(path=Path(f"s{z:g}.dcm"), frame=None, position=np.array([0.0, 0.0, z]),
+                       orientation=np.array([1.0, 0, 0, 0, 1, 0]), rows=32, cols=32,
+                       pixel_spacing=pixel_spacing)
+
+
+def test_plan_stack_checks_spacings_of_slice_headers_made_elsewhere():
+    with pytest.raises(InputError, match="ImagePositionPatient must be finite and within"):
+        plan_stack([_slice(-1e308), _slice(1e308), _slice(1.5e308)], source="x")
+    with pytest.raises(InputError, match="PixelSpacing must be positive") as e:
+        plan_stack([_slice(0.0, (-0.7, -0.8)), _slice(2.5, (-0.7, -0.8))], source="x")
+    assert e.value.path == "s0.dcm"
+    plan = plan_stack([_slice(0.0), _slice(2.5), _slice(5.0)], source="x")
+    assert plan.spacing == (2.5, 0.7, 0.8)
 
 
 # ----------------------------------------------------------------- warnings, not errors

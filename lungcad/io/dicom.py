@@ -851,6 +851,11 @@ def plan_stack(slices: Sequence[SliceHeader], *, source: str | os.PathLike) -> S
     if len(sizes) > 1:
         raise InputError(source, f"mixed image sizes in one series (Rows x Columns: "
                          f"{', '.join(f'{r}x{c}' for r, c in sizes)}); expected one size")
+    for s in imgs:  # read_header checks these; SliceHeaders made elsewhere may not be checked
+        if not (np.isfinite(s.position).all() and np.abs(s.position).max() <= MAX_ABS_POSITION_MM):
+            raise InputError(s.path, f"ImagePositionPatient must be finite and within "
+                             f"{MAX_ABS_POSITION_MM:g} mm of the origin; found "
+                             f"{', '.join(f'{v:g}' for v in s.position)}")
     pss = np.array([s.pixel_spacing for s in imgs], dtype=float)
     if not (np.isfinite(pss).all() and (pss > 0).all()):
         bad = next(s for s in imgs if not (np.isfinite(s.pixel_spacing).all()
@@ -951,7 +956,8 @@ def _to_hu(raw: np.ndarray, *, slope: float, intercept: float,
             hu *= int(slope)
         hu += int(intercept)
     else:
-        hu = np.rint(raw.astype(np.float64) * slope + intercept)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
+            hu = np.rint(raw.astype(np.float64) * slope + intercept)
     pad = None
     n_pad = 0
     if padding is not None:
@@ -1066,10 +1072,17 @@ def _read_simpleitk(plan: StackPlan, headers: dict[Path, DicomFileHeader]
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames([str(p) for p in files])
             arr = sitk.GetArrayFromImage(reader.Execute())
+            if arr.ndim != 3 or len(arr) != len(files):
+                raise InputError(files[0].parent, f"SimpleITK/GDCM read {arr.shape} voxels from "
+                                 f"{len(files)} files; expected one slice per file")
             by_file = {p: arr[i] for i, p in enumerate(files)}
             get = lambda s: by_file[s.path]  # noqa: E731
         else:
             arr = sitk.GetArrayFromImage(sitk.ReadImage(str(files[0])))
+            n = headers[files[0]].n_frames
+            if arr.ndim != 3 or len(arr) != n:
+                raise InputError(files[0], f"SimpleITK/GDCM read {arr.shape} voxels; the header "
+                                 f"says {n} frames")
             get = lambda s: arr[s.frame]  # noqa: E731
     except RuntimeError as e:
         last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__

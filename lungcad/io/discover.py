@@ -363,15 +363,17 @@ def load_ct(path: str | os.PathLike, *, series_uid: str | None = None) -> CTVolu
     Returns
     -------
     CTVolume, with ``meta`` giving reader, n_files, modality, series_description, study_uid,
-    kernel, slice_thickness, manufacturer, kvp, source_path, dropped, clipped_voxels and
-    resampled_z (see :mod:`lungcad.io.dicom` for the rules).
+    kernel, slice_thickness, manufacturer, kvp, source_path, dropped, clipped_voxels,
+    resampled_z and, for DICOM, warnings (see :mod:`lungcad.io.dicom` for the rules).
 
     Raises
     ------
     InputError
-        The path does not exist; a folder without DICOM or ITK images; a corrupt file (named);
-        not CT; one slice; mixed image sizes; gantry tilt or non-axial; missing slices; a
-        series_uid that is not there; a folder with several patients and no series_uid.
+        The only exception for bad input.  The path does not exist; a folder without DICOM or
+        ITK images; a corrupt file or a header value that breaks a rule of
+        :mod:`lungcad.io.dicom` (the file named); not CT; one slice; mixed image sizes; gantry
+        tilt or non-axial; missing slices; a series_uid that is not there; a folder with
+        several patients and no series_uid.
     """
     p = Path(path)
     if not p.exists():
