@@ -255,12 +255,14 @@ def _numbers(value, name: str, n: int) -> np.ndarray:
     vals = _values(value)
     if len(vals) != n:
         raise ValueError(f"{name} must have {n} values; found {len(vals)} ({_shown(value)})")
+    what = "a number" if n == 1 else "numbers"
     try:
         out = np.array([float(v) for v in vals], dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{name} must be numbers; found {_shown(value)}") from None
+        raise ValueError(f"{name} must be {what}; found {_shown(value)}") from None
     if not np.isfinite(out).all():
-        raise ValueError(f"{name} must be finite numbers; found {_shown(value)}")
+        raise ValueError(f"{name} must be {'a finite number' if n == 1 else 'finite numbers'}; "
+                         f"found {_shown(value)}")
     return out
 
 
