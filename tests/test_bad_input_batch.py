@@ -322,3 +322,25 @@ def test_an_unreadable_result_of_an_earlier_run_does_not_stop_the_tables(tmp_pat
     errs = pd.read_csv(out / "errors.csv", dtype=str)
     assert errs["path"].tolist() == [str(broken)] and errs["stage"].tolist() == ["outputs"]
     assert json.loads((out / "run.json").read_text())["counts"]["done"] == 1
+
+
+@pytest.mark.slow
+def test_weights_that_do_not_load_still_leave_run_json(tmp_path, toy_pipeline, monkeypatch, capsys):
+    from lungcad.errors import LungcadError
+
+    def no_weights():
+        raise LungcadError("/w/segmenter.keras: cannot read the segmenter weights")
+
+    monkeypatch.setattr(toy_pipeline, "load_models", no_weights)
+    (tmp_path / "in" / "junk").mkdir(parents=True)
+    (tmp_path / "in" / "junk" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
+    src = synth_series(tmp_path / "synth")
+    shutil.copytree(src, tmp_path / "in" / "P0")
+    out = tmp_path / "out"
+    code, stdout, err = detect_main([tmp_path / "in", "-o", out], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[-1] == "lungcad detect: error: /w/segmenter.keras: cannot read the segmenter weights"
+    assert "broken.dcm" in err.splitlines()[0]
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["failed"] == 1 and run["counts"]["done"] == 0
+    assert pd.read_csv(out / "errors.csv", dtype=str)["path"].tolist() == [str(tmp_path / "in" / "junk" / "broken.dcm")]
