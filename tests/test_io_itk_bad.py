@@ -238,6 +238,15 @@ CASES: dict[str, Case] = {
                    _list(s, [f"slices/s{k:03d}.raw" for k in range(1, 7)],
                          final_newline=False))[1],
         ("names 5 file(s)", "needs 6")),
+    # found by fuzzing: C and Python disagree on what white space is
+    "key_with_a_control_character": Case(lambda s: _mhd(s, "NDims = 3", "NDims\x1e= 3"),
+                                         ("not printable ASCII",)),
+    "number_with_a_control_character": Case(
+        lambda s: _mhd(s, "DimSize = 32 32 6", "DimSize = 32\x1c 32 6"),
+        ("DimSize needs 3 finite number(s)",)),
+    "datafile_after_a_vertical_tab": Case(
+        lambda s: _mhd(s, "ElementDataFile = scan.raw", "ElementDataFile =\x0bscan.raw"),
+        ("control characters",)),
     "nrrd_disguised_as_mhd": Case(_nrrd_disguised, ("not 'Key = Value'",)),
     # -- sizes
     "dimsize_smaller_than_data": Case(

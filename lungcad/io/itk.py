@@ -128,6 +128,11 @@ _NIFTI_OTHER = {1: "binary", 32: "complex64", 128: "RGB24", 1536: "float128",
                 1792: "complex128", 2048: "complex256", 2304: "RGBA32"}
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_C_SPACE = " \t\n\v\f\r"  # C's isspace; Python's str.split() also splits on \x1c-\x1f
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(f"[{_C_SPACE}]+", text) if w]
 
 
 def is_itk_file(path: str | os.PathLike) -> bool:
@@ -242,8 +247,9 @@ def _dims_text(dims) -> str:
 
 
 def _orthonormal(m: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(m))
-                and np.abs(m.T @ m - np.eye(m.shape[0])).max() <= ORTHONORMAL_TOL)
+    if not np.all(np.isfinite(m)) or np.abs(m).max() > 2:
+        return False
+    return bool(np.abs(m.T @ m - np.eye(m.shape[0])).max() <= ORTHONORMAL_TOL)
 
 
 def _file_size(path: Path, name: str, what: str) -> int:
@@ -328,8 +334,14 @@ def _metaimage_header(path: Path) -> _MetaHeader:
             shown = text.strip()[:40]
             raise InputError(path, f"header line {lineno} is not 'Key = Value' "
                              f"(received {shown!r}); not a MetaImage header?")
-        key = m.group(1).strip()
-        value = m.group(2).lstrip(" \t\v\f=:").rstrip()
+        # MetaIO trims blanks around a key, skips separators and blanks (space, tab) before a
+        # value, and strips trailing blanks and non-printables off it.  Other white space
+        # (older MetaIO versions skip it too) is left in, and so refused below.
+        key = m.group(1).strip(" \t")
+        value = re.sub(r"[\x00-\x20\x7f-\xff]+$", "", m.group(2).lstrip(" \t=:"))
+        if not re.fullmatch(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?", key):
+            raise InputError(path, f"header line {lineno}: the key {key!r} is not printable "
+                             "ASCII; not a MetaImage header?")
         if not value:
             raise InputError(path, f"{key} has no value (line {lineno}); MetaIO would take the "
                              "next line as its value")
@@ -344,7 +356,7 @@ def _metaimage_header(path: Path) -> _MetaHeader:
 def _numbers(path: Path, fields: dict, key: str, n: int, *, integer=False) -> list[float] | None:
     if key not in fields:
         return None
-    words = fields[key].split()
+    words = _words(fields[key])
     if len(words) != n or not all(_NUMBER.match(w) for w in words):
         raise InputError(path, f"{key} needs {n} finite number(s). Received {fields[key]!r}")
     vals = [float(w) for w in words]
@@ -441,7 +453,7 @@ def _metaimage_plan(path: Path) -> tuple[list[_Chunk], list[str]]:
     what = f"of {etype}"
 
     value = f["ElementDataFile"]
-    words = value.split()
+    words = _words(value)
     # (file, elements in it) for every data file, in the order MetaIO reads them
     if value in ("LOCAL", "Local", "local"):
         files = [(os.fspath(path), n_vox)]
