@@ -16,6 +16,7 @@ So for a voxel index (k, j, i) = (z, y, x)::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,9 +45,13 @@ class CTVolume:
             raise ValueError(
                 f"spacing (z, y, x) and origin (x, y, z) need 3 values each. "
                 f"Received spacing={self.spacing}, origin={self.origin}")
-        if min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive mm. Received spacing={self.spacing}")
+        if not all(math.isfinite(s) and s > 0 for s in self.spacing):
+            raise ValueError(f"spacing must be finite and positive mm. Received spacing={self.spacing}")
+        if not all(math.isfinite(o) for o in self.origin):
+            raise ValueError(f"origin must be finite mm. Received origin={self.origin}")
         self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if not np.isfinite(self.direction).all():
+            raise ValueError(f"direction must be finite. Received {self.direction.tolist()}")
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -84,3 +84,9 @@ def test_invalid_volume_rejected():
         CTVolume(np.zeros((4, 5), np.int16), (1, 1, 1), (0, 0, 0))
     with pytest.raises(ValueError, match="positive"):
         CTVolume(np.zeros((2, 2, 2), np.int16), (1, 0, 1), (0, 0, 0))
+    with pytest.raises(ValueError, match="finite and positive"):
+        CTVolume(np.zeros((2, 2, 2), np.int16), (1, float("nan"), 1), (0, 0, 0))
+    with pytest.raises(ValueError, match="origin must be finite"):
+        CTVolume(np.zeros((2, 2, 2), np.int16), (1, 1, 1), (0, float("inf"), 0))
+    with pytest.raises(ValueError, match="direction must be finite"):
+        CTVolume(np.zeros((2, 2, 2), np.int16), (1, 1, 1), (0, 0, 0), direction=np.full((3, 3), np.nan))
