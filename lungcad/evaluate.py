@@ -59,8 +59,14 @@ CANDIDATE_EVAL_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probabilit
 
 # ----------------------------------------------------------------------------- readers
 
-def _read_csv(path, *, required: list[str], what: str, str_columns=("seriesuid",)) -> pd.DataFrame:
-    """Read a CSV; ``str_columns`` (or every column when None) stay text, ids such as ``0015`` intact."""
+def _read_csv(path, *, required: list[str], what: str, str_columns=("seriesuid",),
+              unquote: bool = False) -> pd.DataFrame:
+    """Read a CSV; ``str_columns`` (or every column when None) stay text, ids such as ``0015`` intact.
+
+    ``unquote``: the file may be one lungcad wrote, whose text cells that looked like a
+    spreadsheet formula carry a leading quote (:func:`lungcad.outputs.safe_cell`); it is removed
+    from the text columns so that ids join with the labels they were read from.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(p, f"{what} not found (no such file)")
@@ -85,6 +91,11 @@ def _read_csv(path, *, required: list[str], what: str, str_columns=("seriesuid",
             raise InputError(p, f"{what}: column '{c}' must be numbers; row {row + 2} holds "
                                 f"{df[c].iloc[row]!r}")
         df[c] = values.astype(float)
+    if unquote:
+        from lungcad.outputs import cell_value
+        for c in df.columns:
+            if not pd.api.types.is_numeric_dtype(df[c].dtype):
+                df[c] = df[c].map(cell_value)
     return df
 
 
@@ -108,7 +119,7 @@ def read_candidates(path) -> pd.DataFrame:
     This is the LUNA16 submission format, and the first columns of lungcad's
     ``candidates.csv``.
     """
-    return _read_csv(path, required=CANDIDATE_EVAL_COLUMNS, what="candidates")
+    return _read_csv(path, required=CANDIDATE_EVAL_COLUMNS, what="candidates", unquote=True)
 
 
 def read_seriesuids(path) -> list[str]:
@@ -592,7 +603,7 @@ def read_labels(path) -> pd.DataFrame:
 
 def read_predictions(path) -> pd.DataFrame:
     """Read predictions (lungcad ``patients.csv``, or a DSB2017 submission id,cancer), all columns as text."""
-    return _read_csv(path, required=[], what="predictions", str_columns=None)
+    return _read_csv(path, required=[], what="predictions", str_columns=None, unquote=True)
 
 
 def roc_auc(y, p) -> float:

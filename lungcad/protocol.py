@@ -105,6 +105,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     """
     from lungcad.api import detect, make_pipeline
     from lungcad.evaluate import froc, patient_metrics, read_annotations, read_candidates
+    from lungcad.outputs import cell_value
     from lungcad.train.common import sha256
 
     spec = family_spec(name, patients=patients, size=size)
@@ -119,6 +120,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     fr = froc(ann, cand, seriesuids=uids, n_bootstrap=n_bootstrap, seed=seed)
     labels = pd.read_csv(data / "labels.csv", dtype={"patient_id": str})
     preds = pd.read_csv(out / "detect" / "patients.csv", dtype={"patient_id": str})
+    preds["patient_id"] = preds["patient_id"].map(cell_value)
     pm = patient_metrics(labels, preds)
     joined = labels.merge(preds.groupby("patient_id", as_index=False)["cancer_probability"].max(), on="patient_id")
     healthy = joined.loc[joined["cancer"] == 0, "cancer_probability"]
