@@ -114,7 +114,7 @@ def test_a_bad_scan_is_one_error_row_the_rest_is_done_and_the_exit_code_says_so(
     errs = pd.read_csv(out / "errors.csv")
     assert len(errs) == 1
     assert errs.loc[0, "path"] == str(bad) and errs.loc[0, "stage"] == "io"
-    assert "cannot read the image data" in errs.loc[0, "message"]
+    assert "needs 81920 bytes of MET_SHORT but bad.raw holds 1000" in errs.loc[0, "message"]   # a truncated .raw
     error_lines = [ln for ln in err.splitlines() if "lungcad detect: error:" in ln]
     assert len(error_lines) == 1 and str(bad) in error_lines[0]
     assert list(pd.read_csv(out / "patients.csv")["patient_id"]) == ["P0"]
