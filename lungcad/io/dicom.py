@@ -11,7 +11,12 @@ b. An image has Rows and Columns (1 to :data:`MAX_IMAGE_SIDE`), BitsAllocated, a
    NumberOfFrames that is a positive integer (1 when absent).  Native pixel data holds exactly
    Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated / 8 bytes (plus one
    padding byte); compressed pixel data holds at least one fragment per frame and a Basic
-   Offset Table, when there is one, of one entry per frame.
+   Offset Table, when there is one, of one entry per frame.  A compressed frame must be of
+   the claimed size, read from its first bytes: a JPEG, JPEG-LS or JPEG 2000 codestream
+   states the same Rows, Columns and SamplesPerPixel, an RLE frame has one segment per byte
+   of a pixel, each long enough to decode to Rows x Columns bytes (the first
+   :data:`MAX_CHECKED_FRAMES` frames), so that a few bytes cannot make a decoder allocate
+   gigabytes.  The TransferSyntaxUID, when it is a known UID, is one of a transfer syntax.
 c. ImagePositionPatient: 3 finite values within :data:`MAX_ABS_POSITION_MM`.
    ImageOrientationPatient: 6 finite values; the row and column directions have unit length
    within :data:`UNIT_TOL` and are orthogonal within :data:`ORTHOGONAL_TOL` (cosine).
@@ -48,12 +53,20 @@ The rules for turning a set of slices into a volume (see :func:`plan_stack`):
    small integer rescales).  The HU of every pixel that is not padding must lie within int16,
    else :class:`InputError` (a wrong rescale).  Pixels equal to PixelPaddingValue (or inside
    the padding range) and every HU below -1024 become -1024 (``meta["clipped_voxels"]``).
+
+Decoders' messages: what pydicom's decoders raise, and what GDCM/OpenJPEG print to stderr
+while decoding compressed data, become one line of the InputError or of the scan's warnings
+(``pixel decoder: ...``); nothing is printed raw.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import sys
+import tempfile
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -452,6 +465,19 @@ def _frames_classic(ds, n_frames: int, path: Path, rows: int, cols: int) -> list
             for i, o in enumerate(offs)]
 
 
+@dataclass(frozen=True)
+class _Codestream:
+    """What the start of one compressed fragment says about its frame (see
+    :func:`_read_codestream`); ``None`` for a size that it does not give."""
+
+    rows: int | None = None
+    cols: int | None = None
+    samples: int | None = None
+    precision: int | None = None
+    segments: tuple[int, ...] = ()  # RLE: the byte length of each segment
+    problem: str = ""
+
+
 @dataclass
 class _PixelData:
     """Where and how the pixel data element of a file is stored (read from its header)."""
@@ -459,6 +485,8 @@ class _PixelData:
     length: int | None  # bytes of native pixel data; None when encapsulated
     fragments: int = 0  # encapsulated: fragments after the Basic Offset Table
     offsets: int = 0  # encapsulated: entries of the Basic Offset Table
+    # encapsulated, a format whose frames say their size: the first fragments' codestreams
+    codestreams: tuple[_Codestream, ...] = ()
 
 
 def _check_pixel_data(ds, pixels: _PixelData | None, *, rows: int, cols: int,
@@ -473,13 +501,9 @@ def _check_pixel_data(ds, pixels: _PixelData | None, *, rows: int, cols: int,
         if pixels.offsets and pixels.offsets != n_frames:
             raise ValueError(f"NumberOfFrames is {n_frames} but the Basic Offset Table of the "
                              f"compressed pixel data has {pixels.offsets} entries")
+        _check_codestreams(ds, pixels, rows=rows, cols=cols, n_frames=n_frames)
         return
-    bits = _integer(_get(ds, "BitsAllocated"), "BitsAllocated", None, high=64)
-    if bits is None:
-        raise ValueError("an image without BitsAllocated")
-    if bits != 1 and bits % 8:
-        raise ValueError(f"BitsAllocated must be 1 or a multiple of 8; found {bits}")
-    spp = _integer(_get(ds, "SamplesPerPixel"), "SamplesPerPixel", 1, high=4)
+    bits, spp = _bits_and_samples(ds)
     n_bits = rows * cols * n_frames * spp * bits
     if str(_get(ds, "PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
         n_bits = n_bits * 2 // 3  # two chroma samples shared by each pair of pixels
@@ -489,6 +513,53 @@ def _check_pixel_data(ds, pixels: _PixelData | None, *, rows: int, cols: int,
             f"the pixel data holds {pixels.length} bytes but Rows x Columns x NumberOfFrames x "
             f"SamplesPerPixel x BitsAllocated / 8 = {rows} x {cols} x {n_frames} x {spp} x "
             f"{bits} / 8 = {expected} bytes")
+
+
+def _bits_and_samples(ds) -> tuple[int, int]:
+    bits = _integer(_get(ds, "BitsAllocated"), "BitsAllocated", None, high=64)
+    if bits is None:
+        raise ValueError("an image without BitsAllocated")
+    if bits != 1 and bits % 8:
+        raise ValueError(f"BitsAllocated must be 1 or a multiple of 8; found {bits}")
+    spp = _integer(_get(ds, "SamplesPerPixel"), "SamplesPerPixel", 1, high=4)
+    return bits, spp
+
+
+def _check_codestreams(ds, pixels: _PixelData, *, rows: int, cols: int, n_frames: int) -> None:
+    """Compressed frames must be of the size the header claims (rule b), so that a few bytes
+    claiming 16384 x 16384 pixels are refused before a decoder allocates them.
+
+    JPEG, JPEG-LS and JPEG 2000 codestreams state their rows, columns and components; an RLE
+    frame states its segments, and a segment of n bytes decodes to at most 64 (n + 1) bytes
+    (PackBits: 2 bytes give at most 128).  With one fragment per frame, the first
+    :data:`MAX_CHECKED_FRAMES` frames are checked; otherwise the first frame.
+    """
+    if not pixels.codestreams:
+        return
+    bits, spp = _bits_and_samples(ds)
+    checked = pixels.codestreams if pixels.fragments == n_frames else pixels.codestreams[:1]
+    for k, c in enumerate(checked):
+        where = f"frame {k + 1} of the compressed pixel data" if n_frames > 1 else \
+            "the compressed pixel data"
+        if c.problem:
+            raise ValueError(f"{where}: {c.problem}")
+        if c.segments:  # RLE
+            if bits not in (8, 16, 32, 64) or len(c.segments) != spp * bits // 8:
+                raise ValueError(f"{where} has {len(c.segments)} RLE segment(s); SamplesPerPixel "
+                                 f"{spp} x BitsAllocated {bits} / 8 needs {spp * bits // 8}")
+            small = min(c.segments)
+            if rows * cols > 64 * (small + 1):
+                raise ValueError(f"{where} has an RLE segment of {small} bytes, which decodes to "
+                                 f"at most {64 * (small + 1)} bytes, but Rows x Columns = "
+                                 f"{rows} x {cols} needs {rows * cols}")
+            continue
+        if c.rows is not None and c.rows != 0 and (c.rows, c.cols) != (rows, cols):
+            raise ValueError(f"{where} is an image of {c.rows} x {c.cols} pixels but Rows x "
+                             f"Columns say {rows} x {cols}")
+        if c.samples is not None and c.samples != spp:
+            raise ValueError(f"{where} has {c.samples} component(s) but SamplesPerPixel is {spp}")
+        if c.precision is not None and c.precision > bits:
+            raise ValueError(f"{where} has {c.precision}-bit samples but BitsAllocated is {bits}")
 
 
 def _header_from_dataset(ds, path: Path, pixels: _PixelData | None,
@@ -501,7 +572,7 @@ def _header_from_dataset(ds, path: Path, pixels: _PixelData | None,
     if "Rows" not in ds or "Columns" not in ds:
         # Not an image (DICOMDIR, structured report, RT structure set, presentation state...).
         return DicomFileHeader(
-            path=path, sop_class=str(_get(ds, "SOPClassUID", "")),
+            path=path, sop_class=_clean_text(_get(ds, "SOPClassUID"), "SOPClassUID", notes),
             modality=_clean_text(_get(ds, "Modality"), "Modality", notes),
             patient_id=_clean_text(_get(ds, "PatientID"), "PatientID", notes),
             study_uid=_clean_text(_get(ds, "StudyInstanceUID"), "StudyInstanceUID", notes),
@@ -521,6 +592,10 @@ def _header_from_dataset(ds, path: Path, pixels: _PixelData | None,
         text = str(value or "").strip(" \x00")
         if text and not is_valid_uid(text):
             raise ValueError(f"{name} {_shown(text, 80)!r} is not a valid DICOM UID")
+    entry = pydicom.uid.UID_dictionary.get(ts)
+    if entry is not None and entry[1] != "Transfer Syntax":
+        raise ValueError(f"TransferSyntaxUID {ts} is not a transfer syntax (it is the UID of "
+                         f"{entry[0]})")
     series_uid = _uid(ds, "SeriesInstanceUID")
     study_uid = _uid(ds, "StudyInstanceUID")
     pad = _integer(_get(ds, "PixelPaddingValue"), "PixelPaddingValue", None, low=-(2 ** 31))
@@ -749,17 +824,22 @@ def _inspect_pixel_data(fh, ds) -> tuple[str, _PixelData | None]:
     else:
         length, data_start = int.from_bytes(head[4:8], order), start + 8
     if length == 0xFFFFFFFF:  # encapsulated (compressed)
-        return _inspect_fragments(fh, data_start, size)
+        return _inspect_fragments(fh, data_start, size,
+                                  _CODESTREAM_KINDS.get(_transfer_syntax(ds) or ""))
     if data_start + length > size:
         return (f"pixel data of {length} bytes declared, {size - data_start} bytes present "
                 f"({size} bytes in the file)"), None
     return "", _PixelData(length=length)
 
 
-def _inspect_fragments(fh, pos: int, size: int) -> tuple[str, _PixelData | None]:
+def _inspect_fragments(fh, pos: int, size: int,
+                       kind: str | None = None) -> tuple[str, _PixelData | None]:
     """Walk the items of encapsulated pixel data from ``pos``: the Basic Offset Table, then
-    the fragments, then the sequence delimiter (item headers only; nothing is decoded)."""
+    the fragments, then the sequence delimiter (item headers only; nothing is decoded).  For a
+    format whose frames say their size (``kind``), read the start of the first
+    :data:`MAX_CHECKED_FRAMES` fragments (:func:`_read_codestream`)."""
     n_items = n_offsets = 0
+    codestreams: list[_Codestream] = []
     while True:
         fh.seek(pos)
         head = fh.read(8)
@@ -776,11 +856,91 @@ def _inspect_fragments(fh, pos: int, size: int) -> tuple[str, _PixelData | None]
                     f"{size} bytes in the file"), None
         if n_items == 0:
             n_offsets = length // 4
+        elif kind is not None and len(codestreams) < MAX_CHECKED_FRAMES:
+            codestreams.append(_read_codestream(fh, pos + 8, length, kind))
         n_items += 1
         pos += 8 + length
     if n_items == 0:
         return "compressed pixel data without a Basic Offset Table item", None
-    return "", _PixelData(length=None, fragments=n_items - 1, offsets=n_offsets)
+    return "", _PixelData(length=None, fragments=n_items - 1, offsets=n_offsets,
+                          codestreams=tuple(codestreams))
+
+
+#: The compressed transfer syntaxes whose frames say their size, and how.
+_CODESTREAM_KINDS = {
+    "1.2.840.10008.1.2.5": "rle",
+    **{f"1.2.840.10008.1.2.4.{n}": "jpeg" for n in (50, 51, 57, 70, 80, 81)},
+    **{f"1.2.840.10008.1.2.4.{n}": "j2k" for n in (90, 91, 92, 93, 201, 202, 203)},
+}
+#: Compressed frames whose size is checked before decoding (each costs a few small reads).
+MAX_CHECKED_FRAMES = 4096
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF,
+             0xF7}  # SOF0-15 without DHT/JPG/DAC, and JPEG-LS SOF55
+_JPEG_NO_LENGTH = {0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8}
+
+
+def _read_codestream(fh, pos: int, length: int, kind: str) -> _Codestream:
+    """The sizes that the compressed frame starting at ``pos`` (``length`` bytes of fragment)
+    states: an RLE header's segments, a JPEG/JPEG-LS frame header, a JPEG 2000 SIZ marker."""
+    fh.seek(pos)
+    if kind == "rle":
+        head = fh.read(64)
+        if len(head) < 64 or length < 64:
+            return _Codestream(problem=f"an RLE fragment of {length} bytes, shorter than its "
+                               f"64-byte header")
+        n, *offsets = np.frombuffer(head, dtype="<u4").tolist()
+        if not 1 <= n <= 15:
+            return _Codestream(problem=f"an RLE header with {n} segments; expected 1 to 15")
+        ends = offsets[:n] + [length]
+        if offsets[0] != 64 or any(b <= a for a, b in zip(ends, ends[1:])):
+            return _Codestream(problem=f"RLE segment offsets {offsets[:n]} are not increasing "
+                               f"from 64 within the {length}-byte fragment")
+        return _Codestream(segments=tuple(b - a for a, b in zip(ends, ends[1:])))
+    if kind == "j2k":
+        head = fh.read(min(length, 4096))
+        if head[4:8] == b"jP  ":  # a JP2 file: the codestream is in its jp2c box
+            at = head.find(b"jp2c")
+            head = head[at + 4:] if at >= 0 else b""
+        if head[:4] != b"\xff\x4f\xff\x51" or len(head) < 41:
+            return _Codestream(problem="not a JPEG 2000 codestream (no SOC and SIZ markers at "
+                               "its start)")
+        x, y, x0, y0, tw, th, tx0, ty0 = np.frombuffer(head[8:40], dtype=">u4").tolist()
+        comps = int.from_bytes(head[40:42], "big")
+        if not (x0 < x and y0 < y and tw and th and tx0 <= x0 and ty0 <= y0
+                and tx0 + tw > x0 and ty0 + th > y0 and 1 <= comps <= 16384):
+            return _Codestream(problem=f"a JPEG 2000 SIZ marker that is not consistent (image "
+                               f"{x0}..{x} x {y0}..{y}, tiles {tw} x {th} from {tx0}, {ty0}, "
+                               f"{comps} components)")
+        ssiz = head[42] if len(head) > 42 else 0
+        return _Codestream(rows=y - y0, cols=x - x0, samples=comps, precision=(ssiz & 0x7F) + 1)
+    # JPEG and JPEG-LS: the markers up to the frame header
+    end = pos + length
+    head = fh.read(2)
+    if head != b"\xff\xd8":
+        return _Codestream(problem="not a JPEG codestream (no SOI marker at its start)")
+    p = pos + 2
+    for _ in range(256):
+        fh.seek(p)
+        seg = fh.read(10)
+        while seg[:2] == b"\xff\xff":  # fill bytes
+            p += 1
+            seg = seg[1:] + fh.read(1)
+        if len(seg) < 4 or seg[0] != 0xFF or p + 4 > end:
+            break
+        marker = seg[1]
+        if marker in _JPEG_NO_LENGTH:
+            p += 2
+            continue
+        if marker in _JPEG_SOF:
+            if len(seg) < 10:
+                break
+            return _Codestream(rows=int.from_bytes(seg[5:7], "big"),
+                               cols=int.from_bytes(seg[7:9], "big"), samples=seg[9],
+                               precision=seg[4])
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        p += 2 + int.from_bytes(seg[2:4], "big")
+    return _Codestream(problem="a JPEG codestream without a frame header (SOF) before its data")
 
 
 def _has_preamble(path: Path) -> bool:
@@ -983,7 +1143,8 @@ def _to_hu(raw: np.ndarray, *, slope: float, intercept: float,
 def _is_compressed(ts: str) -> bool:
     if not ts:
         return False
-    if ts not in pydicom.uid.UID_dictionary:  # a private transfer syntax: let GDCM try
+    entry = pydicom.uid.UID_dictionary.get(ts)
+    if entry is None or entry[1] != "Transfer Syntax":  # a private transfer syntax: let GDCM try
         return True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the UID was checked by read_header
@@ -1024,7 +1185,8 @@ class _DecodeFailure(Exception):
     """A file whose pixel data pydicom could not decode."""
 
     def __init__(self, path: Path, cause: Exception):
-        super().__init__(f"{type(cause).__name__}: {cause}")
+        # decoders' messages run over several lines (pydicom lists each plugin's failure)
+        super().__init__(f"{type(cause).__name__}: {_shown(' '.join(str(cause).split()), 400)}")
         self.path = path
         self.cause = cause
 
@@ -1132,6 +1294,44 @@ def _resample_z(vol: np.ndarray, positions: np.ndarray, spacing: float
     return out, grid
 
 
+_C_OUTPUT_LOCK = threading.Lock()
+#: The most lines of C library output kept as warnings of one series.
+_C_OUTPUT_LINES = 5
+
+
+@contextlib.contextmanager
+def _c_library_output(into: list[str]):
+    """Collect what C libraries write to file descriptor 2 inside the block (GDCM and the
+    OpenJPEG inside it print decoding errors there, whatever SimpleITK's warning display
+    says) into ``into``, one escaped line each (duplicates dropped, at most
+    :data:`_C_OUTPUT_LINES`), instead of letting it reach the user's terminal raw.
+
+    File descriptors are shared by the whole process: what another thread writes to stderr
+    meanwhile lands in ``into`` too (it is not lost).  One block runs at a time.
+    """
+    with _C_OUTPUT_LOCK:
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to protect
+            yield into
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield into
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                text = tmp.read(1 << 16).decode("utf-8", "replace")
+                lines = [_escape_controls(" ".join(ln.split())) for ln in text.splitlines()]
+                for line in dict.fromkeys(ln for ln in lines if ln):
+                    if len(into) < _C_OUTPUT_LINES:
+                        into.append(line[:300])
+
+
 def check_geometry_present(headers: Sequence[DicomFileHeader]) -> None:
     """Images that cannot be placed in the patient frame make the series unusable."""
     for h in headers:
@@ -1181,18 +1381,30 @@ def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.Pat
     plan = plan_stack(slices, source=source)
     reader = "pydicom"
     decode_notes: list[str] = []
-    try:
-        vol, n_pad, n_low = _read_pydicom(plan, by_path, decode_notes)
-    except _DecodeFailure as e:
-        h = by_path[e.path]
-        if not _is_compressed(h.transfer_syntax):
-            raise InputError(e.path, f"corrupt pixel data ({e})") from e.cause
+    printed: list[str] = []
+    compressed = any(_is_compressed(h.transfer_syntax) for h in headers)
+    failure: _DecodeFailure | None = None
+    fallback: InputError | None = None
+    # the list ``printed`` is filled when the block ends, so errors are raised after it
+    with _c_library_output(printed) if compressed else contextlib.nullcontext():
         try:
-            vol, n_pad, n_low = _read_simpleitk(plan, by_path)
-        except InputError as e2:
-            raise InputError(e.path, f"cannot decode the compressed pixel data "
-                             f"({h.transfer_syntax}): pydicom says {e}; {e2.problem}") from e.cause
-        reader = "simpleitk"
+            vol, n_pad, n_low = _read_pydicom(plan, by_path, decode_notes)
+        except _DecodeFailure as e:
+            failure = e
+        if failure is not None and _is_compressed(by_path[failure.path].transfer_syntax):
+            try:
+                vol, n_pad, n_low = _read_simpleitk(plan, by_path)
+                reader = "simpleitk"
+            except InputError as e2:
+                fallback = e2
+    if failure is not None and reader == "pydicom":
+        e, ts = failure, by_path[failure.path].transfer_syntax
+        if fallback is None:
+            raise InputError(e.path, f"corrupt pixel data ({e})") from e.cause
+        said = f"; the decoder printed: {printed[-1]}" if printed else ""
+        raise InputError(e.path, f"cannot decode the compressed pixel data ({ts}): pydicom "
+                         f"says {e}; {fallback.problem}{said}") from e.cause
+    decode_notes.extend(f"pixel decoder: {line}" for line in printed)
     positions = plan.positions
     meta_z: dict[str, Any] = {"resampled_z": False}
     if plan.resample:
