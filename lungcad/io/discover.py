@@ -158,8 +158,11 @@ def _dicom_series(headers: list[DicomFileHeader], *, fallback_patient: str) -> S
 
 
 def _sop_class_name(uid: str) -> str:
+    """The SOP class for a message: its name and UID, escaped and cut at 80 characters (a
+    DICOM object without an image need not hold a valid UID)."""
     name = uid_name(uid) if uid else "-"
-    return name if name == uid else f"{name}, {uid}"
+    text = name if name == uid else f"{name}, {uid}"
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def _patient_from_path(path: Path, root: Path) -> str:
@@ -207,7 +210,7 @@ def discover(root: str | os.PathLike, *, errors: list | None = None,
         h = read_header(root)
         if not h.has_image:
             raise InputError(root, f"a DICOM file without an image (Modality {h.modality or '-'}, "
-                             f"SOP class {h.sop_class or '-'}); expected a CT image")
+                             f"SOP class {_sop_class_name(h.sop_class)}); expected a CT image")
         return [_dicom_series([h], fallback_patient=root.parent.name)]
 
     groups: dict[tuple, list[DicomFileHeader]] = defaultdict(list)
@@ -384,7 +387,7 @@ def load_ct(path: str | os.PathLike, *, series_uid: str | None = None) -> CTVolu
         h = read_header(p)
         if not h.has_image:
             raise InputError(p, f"a DICOM file without an image (Modality {h.modality or '-'}, "
-                             f"SOP class {h.sop_class or '-'}); expected a CT image")
+                             f"SOP class {_sop_class_name(h.sop_class)}); expected a CT image")
         if not h.multiframe:
             raise InputError(p, "a single-frame DICOM file holds one slice; give the folder of "
                              "the series (or a multi-frame file)")
