@@ -4,6 +4,10 @@ The dataclass defaults *are* the default pipeline; ``pipelines/default.toml`` wr
 them out for people to read and copy, and a test keeps the two equal.  A stage never
 reads this module: the :class:`~lungcad.pipeline.Pipeline` passes each stage its
 fields as keyword arguments.
+
+Each field is documented once, by the string literal under it (an attribute docstring).
+:func:`markdown_table` writes the defaults and those strings as the README's configuration
+table (``python docs/gen_config_table.py``), and a test keeps the README equal to it.
 """
 from __future__ import annotations
 
@@ -23,38 +27,78 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 @dataclass
 class LungMaskConfig:
+    """``[lungmask]``: the classical lung mask (:func:`lungcad.lungmask.segment_lungs`)."""
+
     threshold_hu: float = -320.0
+    """Air/tissue threshold (HU) of the lung mask."""
     plausible_litres: tuple[float, float] = (0.5, 12.0)
+    """Lung volume range (litres): a mask outside it falls back to the body's bounding box, with a warning."""
     closing_mm: float = 12.0
+    """Radius (mm) of the in-plane closing of each lung; it keeps juxta-pleural nodules up to about this size
+    in the mask."""
     mass_mm: float = 35.0
+    """Radius (mm) of the 3-D ball closing that keeps masses bulging in from the chest wall, mediastinum or
+    hilum (up to about twice this size; 0 = off)."""
     margin_mm: float = 10.0
+    """Margin (mm) around the lung mask's bounding box: the box the U-Net searches."""
 
 
 @dataclass
 class CandidatesConfig:
+    """``[candidates]``: the candidate U-Net (:func:`lungcad.candidates.predict_probability_map`)."""
+
     weights: str = "builtin:segmenter.keras"
-    context_slices: int = 1          # 2.5D: this many slices above and below as extra channels
-    pixel_mm: float = 1.25           # in-plane resampling of the network input (0 = native)
+    """The U-Net: `builtin:NAME` (shipped in `lungcad/weights/`) or a path relative to the TOML file
+    (`lungcad train segmenter`)."""
+    context_slices: int = 1
+    """Slices above and below given to the U-Net as extra channels (2.5-D; 0 = 2-D); must match the
+    weights."""
+    pixel_mm: float = 1.25
+    """In-plane pixel size (mm) the slices are resampled to for the U-Net (0 keeps the scan's own)."""
     window_hu: tuple[float, float] = (-1000.0, 400.0)
+    """HU window [low, high] scaled to [0, 1] for the U-Net."""
     batch_size: int = 8
-    tile: int = 16                   # network input sizes are padded to a multiple of this
+    """Slices per U-Net batch (`--batch-size` sets it, and `[fpr] batch_size`)."""
+    tile: int = 16
+    """The U-Net input is padded to a multiple of this many pixels."""
 
 
 @dataclass
 class MorphologyConfig:
+    """``[morphology]``: from the probability map to candidates
+    (:func:`lungcad.morphology.extract_candidates`)."""
+
     threshold: float = 0.4
+    """U-Net probability from which a voxel is foreground."""
     dilation_mm: float = 1.0
+    """Radius (mm) of the in-plane dilation of the thresholded map..."""
     erosion_mm: float = 1.0
+    """... and of the erosion after it (together a closing)."""
     merge_distance_mm: float = 5.0
+    """Detections of one slice whose centroids are closer than this (mm) become one."""
     z_merge_mm: float = 5.0
+    """Detections of neighbouring slices whose in-plane centroids lie within this (mm) link into one
+    candidate."""
     max_gap_slices: int = 1
-    z_overlap: float = 0.5           # neighbouring-slice detections sharing this much of the smaller link too,
-    z_overlap_min_mm: float = 10.0   # ... when both are at least this wide (masses on thick slices)
-    weak_threshold: float = 0.3      # faint blobs clear of the threshold foreground are candidates too (0 = off)
-    split_threshold: float = 0.9     # large components split at this higher level give candidates too (0 = off)
-    split_min_mm: float = 15.0       # ... components at least this wide (a disc of their area) in a slice
+    """Detections at most this many slices apart may link (1: neighbouring slices only; 2 bridges one
+    slice)."""
+    z_overlap: float = 0.5
+    """Detections of neighbouring slices that share this fraction of the smaller one's pixels link too
+    (0 = off)..."""
+    z_overlap_min_mm: float = 10.0
+    """... when both are at least this wide (mm): a mass on thick slices stays one candidate."""
+    weak_threshold: float = 0.3
+    """Faint blobs that reach this level but keep clear of the `threshold` foreground are candidates too (small
+    nodules on thick slices; 0 = off)."""
+    split_threshold: float = 0.9
+    """Components at least `split_min_mm` wide in a slice are labelled again at this level, and their parts are
+    candidates too (a nodule joined to the hilum; 0 = off)."""
+    split_min_mm: float = 15.0
+    """Width (mm; the diameter of a disc of the same area) from which a component is split."""
     min_diameter_mm: float = 2.0
+    """Candidates with a smaller equivalent-sphere diameter (mm) are dropped."""
     max_candidates: int = 1000
+    """Candidates kept per scan, the U-Net's most probable, before the FPR network ranks them."""
 
     def __post_init__(self):
         if not (isinstance(self.z_overlap, (int, float)) and 0.0 <= self.z_overlap <= 1.0):
@@ -78,16 +122,33 @@ class MorphologyConfig:
 
 @dataclass
 class FPRConfig:
+    """``[fpr]``: false-positive reduction (:func:`lungcad.fpr.classify_candidates`,
+    :func:`lungcad.fpr.suppress_inside`)."""
+
     weights: str = "builtin:fpr.keras"
-    backbone: str = "wrn2d"          # zoo classifier: 3-D ones see a cube, 2-D ones orthogonal views
-    patch_size: int = 32             # voxels per side of the cube
-    patch_mm: float = 1.0            # isotropic spacing of the cube for nodules
-    fit_fraction: float = 0.7        # a lesion fills at most this fraction of the cube; larger -> coarser
+    """The FPR network (backbone, nodule and malignancy heads): `builtin:NAME` or a path relative to the TOML
+    file (`lungcad train fpr`)."""
+    backbone: str = "wrn2d"
+    """Zoo classifier the weights hold (`lungcad zoo list`): a 3-D one (wrn3d, resnet18-3d) sees a cube, a 2-D
+    one (wrn2d, resnet18, ...) three orthogonal planes; a mismatch with the weights is an error."""
+    patch_size: int = 32
+    """Voxels per side of the cube (pixels per side of each view)."""
+    patch_mm: float = 1.0
+    """Spacing (mm per voxel) at which nodules are sampled."""
+    fit_fraction: float = 0.7
+    """A candidate fills at most this fraction of the patch: larger ones (masses) are sampled coarser."""
     window_hu: tuple[float, float] = (-1000.0, 400.0)
+    """HU window [low, high] scaled to [0, 1] for the FPR network."""
     batch_size: int = 32
-    tta: int = 8                     # test-time views averaged: 1 (none), 2, 4 or 8 (z turns x z mirror)
-    tta_top: int = 200               # ... for this many candidates, the top ones of a plain pass (0 = all)
-    suppress_within: float = 0.5     # drop a candidate closer than this x the diameter of a larger, higher one (0 = off)
+    """Patches per FPR batch."""
+    tta: int = 8
+    """Test-time views averaged: 1 (none), 2, 4 (turns of 90 degrees about the head-to-feet axis) or 8 (the
+    four turns, also mirrored in that axis)."""
+    tta_top: int = 200
+    """Only this many candidates, the highest of a plain first pass, get the `tta` views (0 = all)."""
+    suppress_within: float = 0.5
+    """After scoring, a candidate whose centre lies within this times the diameter of a larger, higher-scored
+    one is dropped as a part of it (0 = off)."""
 
     def __post_init__(self):
         from lungcad.fpr import TTA_CHOICES
@@ -104,10 +165,15 @@ class FPRConfig:
 
 @dataclass
 class AggregateConfig:
+    """``[aggregate]``: the patient's cancer probability (:func:`lungcad.aggregate.aggregate`)."""
+
     top_k: int = 5
+    """Candidates (largest nodule x malignancy probability) that enter the leaky noisy-OR."""
     p_leak: float = 0.02
-    # (scale, shift) of the noisy-OR's logit, fitted by `lungcad calibrate` on 40 phantoms (seed 779000)
+    """Probability of cancer that no candidate explains (the result for a scan without candidates)."""
     calibration: tuple[float, float] = (1.0275, -1.0104)
+    """[scale, shift]: P = sigmoid(scale * logit(noisy-OR) + shift); [1.0, 0.0] is none.  Fitted by
+    `lungcad calibrate` on 40 phantoms (seed 779000); fit your own for other patients."""
 
     def __post_init__(self):
         from lungcad.aggregate import check_calibration
@@ -121,6 +187,7 @@ class AggregateConfig:
 @dataclass
 class PipelineConfig:
     name: str = "default"
+    """A name for the pipeline, recorded with the config in every output."""
     lungmask: LungMaskConfig = field(default_factory=LungMaskConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     morphology: MorphologyConfig = field(default_factory=MorphologyConfig)
@@ -232,3 +299,58 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
 def load_config(path: str | Path | None = None) -> PipelineConfig:
     """The pipeline in ``path``, or the built-in default when ``path`` is None."""
     return PipelineConfig() if path is None else PipelineConfig.from_toml(path)
+
+
+# ---------------------------------------------------------------- documentation
+
+def field_docs() -> dict[str, dict[str, str]]:
+    """The attribute docstrings of this module's config classes: ``{class name: {field: text}}``,
+    each text on one line.  They are the one description of each field (read from the source)."""
+    import ast
+
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    out: dict[str, dict[str, str]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        docs = out.setdefault(node.name, {})
+        for a, b in zip(node.body, node.body[1:]):
+            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def markdown_table() -> str:
+    """Every key of a pipeline file with its default and meaning, as a Markdown table (the
+    README's).  Raises ValueError for a field without its docstring."""
+    docs = field_docs()
+    default = PipelineConfig()
+
+    def doc(cls_name: str, key: str, where: str) -> str:
+        text = docs.get(cls_name, {}).get(key)
+        if not text:
+            raise ValueError(f"{where} has no docstring in lungcad/config.py: write one under the field")
+        return text.replace("|", "\\|")
+
+    rows = ["| key | default | meaning |", "|---|---|---|",
+            f"| `name` | `{_toml_value(default.name)}` | {doc('PipelineConfig', 'name', 'name')} |"]
+    for sec in dataclasses.fields(PipelineConfig):
+        if sec.name in ("name", "base_dir"):
+            continue
+        section = getattr(default, sec.name)
+        for f in dataclasses.fields(section):
+            where = f"[{sec.name}] {f.name}"
+            rows.append(f"| `{where}` | `{_toml_value(getattr(section, f.name))}` | "
+                        f"{doc(type(section).__name__, f.name, where)} |")
+    return "\n".join(rows) + "\n"
