@@ -1,4 +1,4 @@
-"""The detection pipeline: the stages of DESIGN.md composed from a pipeline file.
+"""The detection pipeline: the stages of docs/architecture.md composed from a pipeline file.
 
 >>> from lungcad.pipeline import Pipeline
 >>> from lungcad.io import load_ct

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: Columns every candidate table has (DESIGN.md).  Stages add their own, and remove none.
+#: Columns every candidate table has (docs/architecture.md).  Stages add their own, and remove none.
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "z", "y", "x",
                      "diameter_mm", "probability"]
 

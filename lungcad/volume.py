@@ -1,6 +1,6 @@
 """The CT volume that every stage receives, and voxel <-> world conversion.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/architecture.md):
 
 * ``hu`` is an int16 array in (z, y, x) order: slice, row, column.
 * ``spacing`` is in millimetres in (z, y, x) order.
