@@ -713,8 +713,8 @@ def _parse_header(path: Path) -> tuple[Any, _PixelData | None, list[str]]:
     with fh, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=HEADER_TAGS,
-                                 force=not _has_preamble(path))
+            ds = pydicom.dcmread(_Bounded(fh), stop_before_pixels=True,
+                                 specific_tags=HEADER_TAGS, force=not _has_preamble(path))
             _convert_all(ds)
             fm = getattr(ds, "file_meta", None)
             if fm is not None:
@@ -738,6 +738,28 @@ def _parse_header(path: Path) -> tuple[Any, _PixelData | None, list[str]]:
     if problem:
         raise InputError(path, f"truncated or corrupt DICOM file: {problem}")
     return ds, pixels, _library_warnings(caught)
+
+
+class _Bounded:
+    """A binary file whose ``read(n)`` never asks for more than the bytes left in it.
+
+    pydicom reads each element's value with ``read(length)``, and Python allocates ``length``
+    bytes before it finds the file short: a corrupt length of 4 GiB in a 3 KB file would
+    allocate 4 GiB (and fail with MemoryError under a memory limit).  Clamped, the read
+    returns what is there and pydicom reports the element as cut short.
+    """
+
+    def __init__(self, fh):
+        self._fh = fh
+        self._size = os.fstat(fh.fileno()).st_size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and n >= 0:
+            n = max(0, min(n, self._size - self._fh.tell()))
+        return self._fh.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
 
 
 class _ElementError(Exception):
@@ -1094,10 +1116,11 @@ def plan_stack(slices: Sequence[SliceHeader], *, source: str | os.PathLike) -> S
 
 def _decode_file(path: Path) -> np.ndarray:
     """The stored pixel values of one file: (rows, cols) or (frames, rows, cols)."""
-    ds = pydicom.dcmread(path, force=not _has_preamble(path))
-    if not _transfer_syntax(ds):  # a data set without file meta: as it was encoded
-        ds.file_meta.TransferSyntaxUID = _encoding_syntax(ds)
-    return ds.pixel_array
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(_Bounded(fh), force=not _has_preamble(path))
+        if not _transfer_syntax(ds):  # a data set without file meta: as it was encoded
+            ds.file_meta.TransferSyntaxUID = _encoding_syntax(ds)
+        return ds.pixel_array
 
 
 _INT16 = np.iinfo(np.int16)
