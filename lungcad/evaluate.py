@@ -609,12 +609,23 @@ def read_predictions(path) -> pd.DataFrame:
 def roc_auc(y, p) -> float:
     """ROC AUC by the Mann-Whitney statistic; tied scores count one half.
 
-    Returns NaN when ``y`` holds a single class.
+    Labels may be soft (a malignancy target in [0, 1]): a label of 0.5 or more is a
+    positive, anything below is a negative.  Booleans and 0/1 labels are the same as
+    before.  This is the one ROC AUC of lungcad; training's held-out metrics use it too.
+
+    Returns NaN when ``y`` holds a single class; a NaN label is a ValueError (drop the
+    unlabelled ones first).
     """
     from scipy.stats import rankdata
 
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, dtype=float)
+    y = np.asarray(y, dtype=float).reshape(-1)
+    if np.isnan(y).any():
+        raise ValueError(f"roc_auc: {int(np.isnan(y).sum())} of {len(y)} labels are NaN; "
+                         f"expected labels in [0, 1] (>= 0.5 is a positive)")
+    y = y >= 0.5
+    p = np.asarray(p, dtype=float).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"roc_auc: expected one score per label. Received {len(y)} labels and {len(p)} scores")
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")

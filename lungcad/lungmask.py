@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lungcad.checks import check_distance, check_spacing, check_volume
+
 __all__ = ["LungMask", "segment_lungs", "lung_box"]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -102,12 +104,9 @@ def lung_box(mask, *, spacing, margin_mm: float = 5.0) -> tuple[slice, slice, sl
     tuple of three slices (z, y, x)
         The whole volume when ``mask`` is empty.
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError(f"mask: expected a 3-D array (z, y, x). Received shape {mask.shape}")
-    sp = _check_spacing(spacing)
-    if not np.isfinite(margin_mm) or margin_mm < 0:
-        raise ValueError(f"margin_mm: expected a distance >= 0 in mm. Received {margin_mm!r}")
+    mask = check_volume("mask", mask)
+    sp = check_spacing(spacing)
+    margin_mm = check_distance("margin_mm", margin_mm)
     if not mask.any():
         return tuple(slice(0, n) for n in mask.shape)
     out = []
@@ -117,14 +116,6 @@ def lung_box(mask, *, spacing, margin_mm: float = 5.0) -> tuple[slice, slice, sl
         m = int(math.ceil(margin_mm / sp[axis] - 1e-9))
         out.append(slice(max(0, int(idx[0]) - m), min(mask.shape[axis], int(idx[-1]) + 1 + m)))
     return tuple(out)
-
-
-def _check_spacing(spacing) -> np.ndarray:
-    sp = np.asarray(spacing, dtype=float).reshape(-1)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or sp.min() <= 0:
-        raise ValueError(f"spacing: expected 3 positive values in mm, (z, y, x). "
-                         f"Received spacing={spacing!r}")
-    return sp
 
 
 def _disk(radius_px_y: float, radius_px_x: float) -> np.ndarray:
@@ -580,10 +571,8 @@ def segment_lungs(hu, *, spacing, direction=None, threshold_hu: float = -320.0,
     -------
     LungMask
     """
-    hu = np.asarray(hu)
-    if hu.ndim != 3:
-        raise ValueError(f"hu: expected a 3-D array (z, y, x). Received shape {hu.shape}")
-    sp = _check_spacing(spacing)
+    hu = check_volume("hu", hu)
+    sp = check_spacing(spacing)
     lo_l, hi_l = (float(v) for v in plausible_litres)
     if not 0 <= lo_l < hi_l:
         raise ValueError(f"plausible_litres: expected (low, high) with 0 <= low < high. "

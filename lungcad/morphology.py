@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .checks import check_distance, check_spacing, check_volume
 from .result import CANDIDATE_COLUMNS, empty_candidates, table_text
 from .volume import voxel_to_world
 
@@ -71,21 +72,6 @@ DETECTION_COLUMNS = ["slice", "y", "x", "y_mm", "x_mm", "n_pixels", "area_mm2", 
 # per-slice connectivity: 8-connected in-plane, no link across slices
 _SLICE_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _SLICE_STRUCTURE[1] = True
-
-
-def _check_spacing(spacing) -> np.ndarray:
-    sp = np.asarray(spacing, dtype=float).reshape(-1)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or sp.min() <= 0:
-        raise ValueError(f"spacing: expected 3 positive values in mm, (z, y, x). "
-                         f"Received spacing={spacing!r}")
-    return sp
-
-
-def _check_volume(name: str, arr) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim != 3:
-        raise ValueError(f"{name}: expected a 3-D array (z, y, x). Received shape {arr.shape}")
-    return arr
 
 
 def threshold(prob, *, level: float = 0.5) -> np.ndarray:
@@ -126,9 +112,8 @@ def structuring_element(radius_mm: float, *, spacing, in_plane: bool = True) -> 
     -------
     ndarray of bool, shape (nz, ny, nx), odd sizes
     """
-    sp = _check_spacing(spacing)
-    if not np.isfinite(radius_mm) or radius_mm < 0:
-        raise ValueError(f"radius_mm: expected a distance >= 0 in mm. Received {radius_mm!r}")
+    sp = check_spacing(spacing)
+    radius_mm = check_distance("radius_mm", radius_mm)
     half = np.floor(radius_mm / sp + 1e-9).astype(int)
     if in_plane:
         half[0] = 0
@@ -138,7 +123,7 @@ def structuring_element(radius_mm: float, *, spacing, in_plane: bool = True) -> 
 
 
 def _morph(op, mask, radius_mm, spacing, in_plane):
-    mask = _check_volume("mask", mask).astype(bool)
+    mask = check_volume("mask", mask).astype(bool)
     se = structuring_element(radius_mm, spacing=spacing, in_plane=in_plane)
     if se.size == 1 or not mask.any():
         return mask.copy()
@@ -236,11 +221,11 @@ def components_2d(mask, prob, *, spacing) -> pd.DataFrame:
         One row per component, with the columns :data:`DETECTION_COLUMNS`; ``labels`` holds
         the component's label in the per-slice labelling (numbered from 1 in C order).
     """
-    mask = _check_volume("mask", mask).astype(bool)
-    prob = _check_volume("prob", prob)
+    mask = check_volume("mask", mask).astype(bool)
+    prob = check_volume("prob", prob)
     if prob.shape != mask.shape:
         raise ValueError(f"prob: expected the shape of mask {mask.shape}. Received {prob.shape}")
-    sp = _check_spacing(spacing)
+    sp = check_spacing(spacing)
     labels, n = _label_slices(mask)
     return _component_table(labels, n, prob, sp)
 
@@ -256,11 +241,11 @@ def weak_components(prob, strong, *, level: float, spacing, dilation_mm: float =
 
     Returns ``(labels, n)``: the kept components numbered 1..n in C order, 0 elsewhere.
     """
-    prob = _check_volume("prob", prob)
-    strong = _check_volume("strong", strong).astype(bool)
+    prob = check_volume("prob", prob)
+    strong = check_volume("strong", strong).astype(bool)
     if strong.shape != prob.shape:
         raise ValueError(f"strong: expected the shape of prob {prob.shape}. Received {strong.shape}")
-    sp = _check_spacing(spacing)
+    sp = check_spacing(spacing)
     fg = erode(dilate(threshold(prob, level=level), radius_mm=dilation_mm, spacing=sp),
                radius_mm=erosion_mm, spacing=sp)
     labels, n = _label_slices(fg)
@@ -299,14 +284,14 @@ def split_components(prob, labels, n: int, *, level: float, min_diameter_mm: flo
 
     Returns ``(labels, n)``: the kept parts numbered 1..n in C order, 0 elsewhere.
     """
-    prob = _check_volume("prob", prob)
-    labels = _check_volume("labels", labels)
+    prob = check_volume("prob", prob)
+    labels = check_volume("labels", labels)
     if labels.shape != prob.shape:
         raise ValueError(f"labels: expected the shape of prob {prob.shape}. Received {labels.shape}")
     if not 0.0 < float(level) <= 1.0:
         raise ValueError(f"level: expected a level in (0, 1]. Received {level!r}")
-    sp = _check_spacing(spacing)
-    min_area = np.pi * (_check_distance("min_diameter_mm", min_diameter_mm) / 2.0) ** 2
+    sp = check_spacing(spacing)
+    min_area = np.pi * (check_distance("min_diameter_mm", min_diameter_mm) / 2.0) ** 2
     empty = np.zeros(labels.shape, dtype=np.int32)
     if n == 0:
         return empty, 0
@@ -362,12 +347,6 @@ class _UnionFind:
         return order[inv]
 
 
-def _check_distance(name: str, value: float) -> float:
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a distance >= 0 in mm. Received {name}={value!r}")
-    return float(value)
-
-
 def merge_by_distance(dets2d: pd.DataFrame, *, distance_mm: float) -> pd.DataFrame:
     """Merge the detections of each slice whose centroids are closer than ``distance_mm``.
 
@@ -386,7 +365,7 @@ def merge_by_distance(dets2d: pd.DataFrame, *, distance_mm: float) -> pd.DataFra
     pandas.DataFrame
         A 2-D detection table, ordered by slice.
     """
-    distance_mm = _check_distance("distance_mm", distance_mm)
+    distance_mm = check_distance("distance_mm", distance_mm)
     if len(dets2d) == 0:
         return _empty_detections()
     d = dets2d.reset_index(drop=True)
@@ -450,7 +429,7 @@ def merge_z(dets2d: pd.DataFrame, *, radius_mm: float, max_gap_slices: int = 1,
         A copy of ``dets2d`` (index reset) with an integer column ``candidate``,
         numbered from 0 in order of first appearance.
     """
-    radius_mm = _check_distance("radius_mm", radius_mm)
+    radius_mm = check_distance("radius_mm", radius_mm)
     if isinstance(max_gap_slices, bool) or int(max_gap_slices) != max_gap_slices \
             or max_gap_slices < 1:
         raise ValueError(f"max_gap_slices: expected an integer >= 1. "
@@ -509,7 +488,7 @@ def overlap_links(labels: np.ndarray, dets2d: pd.DataFrame, *, min_fraction: flo
     """
     if not (0.0 < float(min_fraction) <= 1.0):
         raise ValueError(f"min_fraction: expected a fraction in (0, 1]. Received {min_fraction!r}")
-    labels = _check_volume("labels", labels)
+    labels = check_volume("labels", labels)
     d = dets2d.reset_index(drop=True)
     if len(d) < 2:
         return []
@@ -519,7 +498,7 @@ def overlap_links(labels: np.ndarray, dets2d: pd.DataFrame, *, min_fraction: flo
         owner[list(labs)] = i
     npix = d["n_pixels"].to_numpy(dtype=float)
     area = d["area_mm2"].to_numpy(dtype=float)
-    min_area = np.pi * (_check_distance("min_diameter_mm", min_diameter_mm) / 2.0) ** 2
+    min_area = np.pi * (check_distance("min_diameter_mm", min_diameter_mm) / 2.0) ** 2
     slices = set(d["slice"].astype(int))
     out = []
     for k in sorted(slices):
@@ -604,15 +583,15 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         ``coordX, coordY, coordZ`` its world position (LPS mm).  The measurements are
         described in the module docstring.
     """
-    prob = _check_volume("prob", prob)
-    sp = _check_spacing(spacing)
+    prob = check_volume("prob", prob)
+    sp = check_spacing(spacing)
     if not 0.0 <= weak_threshold <= 1.0:
         raise ValueError(f"weak_threshold: expected a level from 0 (off) to 1. Received {weak_threshold!r}")
     if not 0.0 <= split_threshold <= 1.0:
         raise ValueError(f"split_threshold: expected a level from 0 (off) to 1. Received {split_threshold!r}")
-    _check_distance("split_min_mm", split_min_mm)
+    check_distance("split_min_mm", split_min_mm)
     if mask is not None:
-        mask = _check_volume("mask", mask).astype(bool)
+        mask = check_volume("mask", mask).astype(bool)
         if mask.shape != prob.shape:
             raise ValueError(f"mask: expected the shape of prob {prob.shape}. "
                              f"Received {mask.shape}")

@@ -12,8 +12,8 @@ Layout of an output folder::
       report.html              rebuilt; opens from disk (relative links to crops/)
       run.json                 the manifest of the last run
 
-Per-scan files are written atomically (a temporary file in the same folder, fsync,
-then ``os.replace``), crops before the JSON, so that the JSON's existence means the
+Per-scan files are written atomically (:mod:`lungcad.atomic`: a temporary file in the same
+folder, fsync, then ``os.replace``), crops before the JSON, so that the JSON's existence means the
 scan is complete.  A killed run loses nothing it finished, and :meth:`OutputDir.finalize`
 rebuilds the tables from whatever is on disk, sorted, so the same set of scans always
 gives byte-identical CSVs, whatever the order they were written in.
@@ -31,11 +31,7 @@ import io
 import json
 import math
 import numbers
-import os
 import re
-import socket
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +39,8 @@ import numpy as np
 import pandas as pd
 
 from lungcad import __version__
+from lungcad import atomic as _atomic
+from lungcad.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temp_files  # noqa: F401  re-exported
 from lungcad.errors import InputError
 from lungcad.result import ScanResult, table_records, table_text
 from lungcad.volume import CTVolume
@@ -68,21 +66,7 @@ _NUMERIC = ["coordX", "coordY", "coordZ", "probability", "diameter_mm", "nodule_
             "malignancy_prob", "z", "y", "x"]
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-#: Host part of temporary file names, so that a later run can tell which leftovers it may remove.
-_HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname())[:32].strip("-") or "host"
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]*\.tmp$")
-#: Leftover temporary files of another host are removed after this many seconds.
-_FOREIGN_TMP_AGE_S = 3600.0
-
-
-# ----------------------------------------------------------------------------- ids and atomic files
+# ----------------------------------------------------------------------------- ids
 
 def _clean(text: str, limit: int, *, keep_tail: bool) -> str:
     t = _UNSAFE.sub("_", str(text)).strip("._-")
@@ -105,97 +89,6 @@ def safe_id(patient_id: str, series_uid: str) -> str:
     digest = hashlib.sha256(raw).hexdigest()[:10]
     parts = [_clean(patient_id, 40, keep_tail=False), _clean(series_uid, 64, keep_tail=True)]
     return "_".join([p for p in parts if p] + [digest])
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms (Windows) where a folder cannot be opened: rename is durable there
-        return
-    try:
-        # some file systems cannot fsync a folder; the rename itself has been done
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
-
-    A reader (or a resumed run) sees either the old file or the complete new one,
-    never a partial one.  The folder is created if missing.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.{_HOST}.{os.getpid()}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path, text: str, *, encoding: str = "utf-8") -> Path:
-    """Write ``text`` atomically (see :func:`atomic_write_bytes`); newlines are written as given.
-
-    Characters the encoding cannot hold (lone surrogates from a badly encoded header)
-    are written as backslash escapes rather than failing the scan.
-    """
-    return atomic_write_bytes(path, text.encode(encoding, errors="backslashreplace"))
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) is not a probe on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temp_files(folder) -> int:
-    """Remove temporary files left in ``folder`` by writers that were killed.
-
-    A file of :func:`atomic_write_bytes` names its host and process.  It is removed when
-    that process no longer runs on this host, or, for another host (shards sharing a
-    network folder), when it is older than an hour.  Files of live writers are kept.
-
-    Returns
-    -------
-    int
-        How many files were removed.
-    """
-    folder = Path(folder)
-    removed = 0
-    now = time.time()
-    for f in folder.glob(".*.tmp") if folder.is_dir() else []:
-        m = _TMP_NAME.match(f.name)
-        if not m:
-            continue
-        try:
-            if m["host"] == _HOST:
-                stale = int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
-            else:
-                stale = now - f.stat().st_mtime > _FOREIGN_TMP_AGE_S
-            if stale:
-                f.unlink()
-                removed += 1
-        except FileNotFoundError:  # its writer renamed or removed it meanwhile
-            continue
-    return removed
 
 
 def _finite(obj):
@@ -303,7 +196,7 @@ class OutputDir:
             if not isinstance(data, (bytes, bytearray)) or not bytes(data[:8]) == _PNG_SIGNATURE:
                 raise ValueError(f"crop {name!r} must be PNG bytes. Received "
                                  f"{type(data).__name__} starting {bytes(data[:8])!r}")
-            atomic_write_bytes(crop_dir / f"{name}.png", bytes(data))
+            _atomic.atomic_write_bytes(crop_dir / f"{name}.png", bytes(data))
             names.append(name)
         if crop_dir.is_dir():
             # crops of an earlier run of this scan, and temporary files of a run killed mid-write
@@ -311,14 +204,14 @@ class OutputDir:
             for f in crop_dir.glob("*.png"):
                 if f.name not in keep:
                     f.unlink()
-            remove_stale_temp_files(crop_dir)
+            _atomic.remove_stale_temp_files(crop_dir)
             if not names:
                 with contextlib.suppress(OSError):
                     crop_dir.rmdir()
         d = result.to_dict()
         d["safe_id"] = sid
         d["crops"] = [f"crops/{sid}/{n}.png" for n in names]
-        atomic_write_text(self.scan_path(sid), _dump_json(d))
+        _atomic.atomic_write_text(self.scan_path(sid), _dump_json(d))
         with contextlib.suppress(FileNotFoundError):
             self.error_path(sid).unlink()
         return sid
@@ -334,7 +227,7 @@ class OutputDir:
         payload = {"safe_id": self._check_sid(sid), "path": str(path), "stage": str(stage),
                    "message": str(message), "patient_id": str(patient_id or ""),
                    "seriesuid": str(series_uid or "")}
-        return atomic_write_text(self.error_path(sid), _dump_json(payload))
+        return _atomic.atomic_write_text(self.error_path(sid), _dump_json(payload))
 
     # -- reading back
 
@@ -404,7 +297,7 @@ class OutputDir:
         """
         run_info = dict(run_info or {})
         for folder in [self.root, self.scans_dir, self.errors_dir, *self.crops_dir.glob("*/")]:
-            remove_stale_temp_files(folder)
+            _atomic.remove_stale_temp_files(folder)
         bad: list[InputError] = []
         scans = self.load_scans(problems=None if problems is None else bad)
         errors = self.load_errors(scans)
@@ -417,10 +310,10 @@ class OutputDir:
         cands = candidates_table(scans)
         patients = patients_table(scans)
         errs = pd.DataFrame(table_records(errors), columns=ERRORS_CSV_COLUMNS)
-        atomic_write_text(self.root / "candidates.csv", csv_text(cands))
-        atomic_write_text(self.root / "patients.csv", csv_text(patients))
-        atomic_write_text(self.root / "errors.csv", csv_text(errs))
-        atomic_write_text(self.root / "report.html", render_report(scans, errors, root=self.root))
+        _atomic.atomic_write_text(self.root / "candidates.csv", csv_text(cands))
+        _atomic.atomic_write_text(self.root / "patients.csv", csv_text(patients))
+        _atomic.atomic_write_text(self.root / "errors.csv", csv_text(errs))
+        _atomic.atomic_write_text(self.root / "report.html", render_report(scans, errors, root=self.root))
 
         this_run = run_info.get("this_run") or {}
         skipped = this_run.get("skipped", run_info.get("skipped", 0))
@@ -443,7 +336,7 @@ class OutputDir:
         if len(hashes) > 1:
             run["warning"] = (f"the scans in this folder were made with {len(hashes)} different "
                               f"configs ({', '.join(hashes)}); rerun with --overwrite to make them one")
-        atomic_write_text(self.root / "run.json", _dump_json(run))
+        _atomic.atomic_write_text(self.root / "run.json", _dump_json(run))
         return run
 
 
@@ -893,8 +786,8 @@ def merge_outputs(dirs: list, out) -> dict[str, Any]:
             src_crops = d / "crops" / sid
             for png in sorted(src_crops.glob("*.png")) if src_crops.is_dir() else []:
                 if _CROP_NAME.match(png.stem):
-                    atomic_write_bytes(target.crops_dir / sid / png.name, png.read_bytes())
-            atomic_write_bytes(target.scans_dir / f.name, data)
+                    _atomic.atomic_write_bytes(target.crops_dir / sid / png.name, png.read_bytes())
+            _atomic.atomic_write_bytes(target.scans_dir / f.name, data)
             with contextlib.suppress(FileNotFoundError):
                 target.error_path(sid).unlink()
             taken[sid] = d
@@ -904,7 +797,7 @@ def merge_outputs(dirs: list, out) -> dict[str, Any]:
             sid = f.stem
             if not _SID.match(sid) or sid in taken or target.error_path(sid).exists():
                 continue
-            atomic_write_bytes(target.errors_dir / f.name, f.read_bytes())
+            _atomic.atomic_write_bytes(target.errors_dir / f.name, f.read_bytes())
             copied_errors += 1
 
     shard_runs = []

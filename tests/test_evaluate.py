@@ -342,6 +342,24 @@ def test_auc_perfect_reversed_ties_and_hand_computed():
     assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
 
 
+def test_auc_soft_labels_are_positive_from_one_half():
+    """The one ROC AUC (training's held-out metrics use it too): a soft label, such as a
+    malignancy target in [0, 1], is a positive at 0.5 and above and a negative below, so
+    0.3 is not a positive (astype(bool) would make it one) and 0.5 is."""
+    from lungcad.train import roc_auc as train_roc_auc
+
+    assert train_roc_auc is roc_auc
+    p = [0.1, 0.2, 0.3, 0.9]
+    assert roc_auc([0.0, 0.3, 0.5, 1.0], p) == roc_auc([0, 0, 1, 1], p) == 1.0
+    assert roc_auc([0.49, 0.3, 0.51, 0.7], p) == 1.0
+    assert roc_auc([True, False, False, True], p) == roc_auc([1, 0, 0, 1], p) == 0.5
+    assert math.isnan(roc_auc([0.2, 0.3, 0.4, 0.1], p))             # all below 0.5: one class
+    with pytest.raises(ValueError, match="labels are NaN"):
+        roc_auc([0.0, float("nan"), 1.0, 1.0], p)
+    with pytest.raises(ValueError, match="one score per label"):
+        roc_auc([0, 1], p)
+
+
 def test_log_loss_hand_computed_and_clipped():
     # -(ln .8 + ln .6) / 2
     assert log_loss([1, 0], [0.8, 0.4]) == pytest.approx((0.2231435513142097 + 0.5108256237659907) / 2, rel=1e-12)

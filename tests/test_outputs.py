@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import lungcad.atomic as atomic
 import lungcad.outputs as outputs
 from lungcad.cli import main
 from lungcad.errors import InputError
@@ -139,7 +140,7 @@ def test_finalize_removes_temp_files_of_dead_writers_only(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     dead_pid = int(dead.stdout)
-    host = outputs._HOST
+    host = atomic._HOST
     names = {"dead": f".x.json.{host}.{dead_pid}.abc123de.tmp",
              "mine": f".y.json.{host}.{os.getpid()}.abc123de.tmp",
              "foreign_new": ".z.json.otherhost.12.abc123de.tmp",
@@ -323,13 +324,13 @@ def test_axial_crop_shows_patient_left_on_the_right_whatever_the_direction(flip_
 
 def test_crops_are_written_before_the_json_and_stale_crops_removed(tmp_path, monkeypatch):
     written = []
-    real = outputs.atomic_write_bytes
+    real = atomic.atomic_write_bytes
 
     def spy(path, data):
         written.append(os.path.relpath(path, tmp_path))
         return real(path, data)
 
-    monkeypatch.setattr(outputs, "atomic_write_bytes", spy)
+    monkeypatch.setattr(atomic, "atomic_write_bytes", spy)     # the one writer, of bytes and of text
     vol = tiny_volume()
     out = OutputDir(tmp_path)
     sid = out.write_scan(S_A, crops=render_crops(vol, S_A.candidates, top_n=2))

@@ -27,13 +27,13 @@ Layouts (``OUT`` is the output folder):
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from lungcad.atomic import atomic_write_text
 from lungcad.synthetic.lesions import LESION_COLUMNS
 from lungcad.synthetic.phantom import DISTRACTOR_COLUMNS, Phantom, generate_phantom
 from lungcad.volume import CTVolume
@@ -65,9 +65,7 @@ def patient_seeds(seed: int, patients: int) -> list[int]:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, df.to_csv(index=False))
 
 
 def _dicom_variation(rng: np.random.Generator, fov_mask) -> dict:
@@ -85,9 +83,7 @@ def _dicom_variation(rng: np.random.Generator, fov_mask) -> dict:
 def _write_json(obj, path: Path) -> None:
     import json
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _annotations(les: pd.DataFrame) -> pd.DataFrame:

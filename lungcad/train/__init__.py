@@ -8,7 +8,8 @@
 :func:`train_segmenter` and :func:`train_fpr`.  Keras is imported by this package: set
 ``KERAS_BACKEND`` before importing it.
 """
-from lungcad.train.common import TrainResult, TrainSettings, detect_candidates, match_candidates, roc_auc
+from lungcad.evaluate import roc_auc  # the one ROC AUC (soft labels: >= 0.5 is a positive)
+from lungcad.train.common import TrainResult, TrainSettings, detect_candidates, match_candidates
 from lungcad.train.data import (Case, CaseRef, apply_patient_labels, background_cases, dsb2017_cases, lidc_cases, luna16_cases,
                                 read_patient_labels, sphere_mask, split_by_patient, synth_dir_cases,
                                 synthetic_cases, with_patient_labels)

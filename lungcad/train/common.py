@@ -17,7 +17,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -32,6 +31,8 @@ import keras
 from keras import ops
 
 from lungcad import __version__
+from lungcad.atomic import atomic_path, atomic_write_text
+from lungcad.cards import card_path_for
 from lungcad.config import PipelineConfig
 from lungcad.errors import InputError
 
@@ -161,17 +162,6 @@ def dice(y_true, y_pred):
     return ops.where(denom > 0, 2.0 * inter / ops.maximum(denom, 1.0), 1.0)
 
 
-def roc_auc(labels, scores) -> float:
-    """ROC AUC by ranks (ties count one half); NaN with a single class."""
-    y = np.asarray(labels, dtype=float) >= 0.5
-    s = np.asarray(scores, dtype=float)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
-        return math.nan
-    ranks = pd.Series(s).rank(method="average").to_numpy()
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
 # -------------------------------------------------------------------------- run directory
 
 class TimeLimit(keras.callbacks.Callback):
@@ -219,19 +209,13 @@ class RunState(keras.callbacks.Callback):
                  "monitor": self.monitor, "loss": self.loss, "val_data": self.val_data,
                  "commands": self.commands,
                  "logs": {k: float(v) for k, v in logs.items()}}
-        _atomic_text(self.run_dir / "state.json", json.dumps(state, indent=2))
+        atomic_write_text(self.run_dir / "state.json", json.dumps(state, indent=2))
 
 
 def _atomic_save(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """``model.save`` to ``path`` atomically (:func:`lungcad.atomic.atomic_path`)."""
+    with atomic_path(path, suffix=".keras") as tmp:      # Keras wants the .keras suffix
+        model.save(tmp)
 
 
 def loss_id(model) -> str:
@@ -448,13 +432,6 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def card_path_for(out: Path) -> Path:
-    """``segmenter.keras`` -> ``segmenter.card.json``."""
-    out = Path(out)
-    return out.with_name(out.name[: -len(".keras")] + ".card.json" if out.name.endswith(".keras")
-                         else out.name + ".card.json")
-
-
 def make_card(*, name: str, task: str, model, architecture: dict, preprocessing: dict, data: dict,
               settings: TrainSettings, fit_info: dict, metrics: dict, command: str | None) -> dict:
     """The model card: what the file is, how it was made, how good it is."""
@@ -492,7 +469,7 @@ def write_outputs(model, card: dict, out: Path | None, *, build: Callable[[], An
     card = dict(card)
     card["file"] = {"name": out.name, "bytes": out.stat().st_size, "sha256": sha256(out)}
     cpath = card_path_for(out)
-    _atomic_text(cpath, json.dumps(_plain(card), indent=2) + "\n")
+    atomic_write_text(cpath, json.dumps(_plain(card), indent=2) + "\n")
     return out, cpath
 
 

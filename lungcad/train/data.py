@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from lungcad.atomic import atomic_path
 from lungcad.errors import InputError
 from lungcad.volume import CTVolume, world_to_voxel
 
@@ -335,7 +336,6 @@ def _cached_phantom_case(seed: int, kw: dict, cache_dir) -> Case:
     import hashlib
     import io
     import json
-    import os
 
     gen = hashlib.sha256()
     for src in sorted((Path(__file__).resolve().parents[1] / "synthetic").glob("*.py")):
@@ -358,15 +358,13 @@ def _cached_phantom_case(seed: int, kw: dict, cache_dir) -> Case:
                     lesion_mask=lesion_mask, lung_mask=lung_mask, patient_label=label,
                     source=f"synthetic:{seed}")
     case = phantom_case(generate_phantom(seed=seed, **kw), source=f"synthetic:{seed}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
     v = case.volume
-    np.savez(tmp, hu=v.hu, spacing=np.asarray(v.spacing), origin=np.asarray(v.origin),
-             direction=np.asarray(v.direction), patient_id=v.patient_id, series_uid=v.series_uid,
-             lesion_mask=np.packbits(case.lesion_mask), lung_mask=np.packbits(case.lung_mask),
-             lesions=case.lesions.to_csv(index=False), negatives=case.negatives.to_csv(index=False),
-             patient_label=case.patient_label)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:          # np.savez adds .npz to other names
+        np.savez(tmp, hu=v.hu, spacing=np.asarray(v.spacing), origin=np.asarray(v.origin),
+                 direction=np.asarray(v.direction), patient_id=v.patient_id, series_uid=v.series_uid,
+                 lesion_mask=np.packbits(case.lesion_mask), lung_mask=np.packbits(case.lung_mask),
+                 lesions=case.lesions.to_csv(index=False), negatives=case.negatives.to_csv(index=False),
+                 patient_label=case.patient_label)
     return case
 
 

@@ -19,12 +19,13 @@ import pandas as pd
 import keras
 
 from lungcad.config import PipelineConfig
+from lungcad.evaluate import roc_auc
 from lungcad.fpr import (MALIGNANCY, NODULE, build_fpr_model, model_views, patch_shape,
                          views_for)
 from lungcad.models.registry import REGISTRY
 from lungcad.pipeline import fpr_stage
 from lungcad.train.common import (TrainResult, TrainSettings, detect_candidates, fit, last_metrics,
-                                  make_card, match_candidates, roc_auc, write_outputs)
+                                  make_card, match_candidates, write_outputs)
 from lungcad.train.data import Case, CaseLike, CaseRef, apply_patient_labels, drop_near, split_by_patient
 from lungcad.train.datasets import FPRDataset
 
