@@ -37,7 +37,7 @@ def main(repeats: int = 3) -> list[dict]:
     x, y = seg_ds[0]
     rows.append({"name": "U-Net d4/16 train step (batch 16)",
                  "median_s": median_time(lambda: seg.train_on_batch(x, y), repeats)[0]})
-    fpr = build_fpr_model(backbone_kwargs={"depth": 10, "width": 1, "dropout": 0.0})
+    fpr = build_fpr_model(backbone="wrn3d", backbone_kwargs={"depth": 10, "width": 1, "dropout": 0.0})
     fpr.compile(optimizer=keras.optimizers.Adam(1e-3),
                 loss={"nodule": "binary_crossentropy", "malignancy": "binary_crossentropy"})
     xi, yi, wi = fpr_ds[0]

@@ -24,10 +24,14 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["patient_probability", "aggregate", "calibrate", "fit_calibration",
-           "check_calibration", "IDENTITY"]
+           "check_calibration", "IDENTITY", "SHIPPED_CALIBRATION"]
 
 #: ``(scale, shift)`` that leaves the probability unchanged.
 IDENTITY = (1.0, 0.0)
+#: ``(scale, shift)`` of the shipped pipeline (``[aggregate] calibration``), fitted by
+#: ``lungcad calibrate`` on 40 phantoms (seed 779000) for the shipped networks; the default
+#: of :func:`aggregate`, so that a bare call gives the probability ``lungcad detect`` gives.
+SHIPPED_CALIBRATION = (1.0275, -1.0104)
 #: Probabilities are kept this far from 0 and 1 before the logit.
 _EPS = 1e-12
 
@@ -189,15 +193,19 @@ def patient_probability(nodule_probs, malignancy_probs, *, top_k: int = 5,
 
 
 def aggregate(candidates: pd.DataFrame, *, top_k: int = 5, p_leak: float = 0.02,
-              calibration=IDENTITY, nodule_col: str = "nodule_prob",
+              calibration=SHIPPED_CALIBRATION, nodule_col: str = "nodule_prob",
               malignancy_col: str = "malignancy_prob") -> float:
     """Patient probability from a candidate table (see :func:`patient_probability`).
+
+    The defaults are the shipped pipeline's ``[aggregate]`` section, its calibration
+    included (:data:`SHIPPED_CALIBRATION`); pass ``calibration=IDENTITY`` for the plain
+    noisy-OR.
 
     Parameters
     ----------
     candidates : pandas.DataFrame
         One row per candidate, with the columns ``nodule_col`` and ``malignancy_col``.
-        An empty table (with or without those columns) gives ``p_leak``.
+        An empty table (with or without those columns) gives ``p_leak``, calibrated.
     top_k, p_leak, calibration : see :func:`patient_probability`.
     nodule_col, malignancy_col : str, optional
         Column names of the two probabilities.

@@ -110,7 +110,7 @@ def patch_spacing(diameters_mm, *, patch_size: int = 32, patch_mm: float = 1.0,
 
 def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=None,
                     scales_mm, patch_size: int = 32, window_hu=(-1000.0, 400.0),
-                    rotation=None, views: str = "cube") -> np.ndarray:
+                    rotation=None, views: str = "orthogonal") -> np.ndarray:
     """Sample isotropic cubes (N, P, P, P, 1), or orthogonal views (N, P, P, 3), float32
     in [0, 1], around world centres.
 
@@ -125,7 +125,8 @@ def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=N
         World-frame rotations applied to the sampling grid (training augmentation).
     views : ``"cube"`` or ``"orthogonal"``
         The orthogonal views are the planes through the centre: channel 0 axial
-        (rows world y, columns world x), 1 coronal (z, x), 2 sagittal (z, y).
+        (rows world y, columns world x), 1 coronal (z, x), 2 sagittal (z, y).  The default
+        is what the shipped network (``[fpr] backbone = "wrn2d"``) takes.
 
     The cube's axes are world z, y, x; outside the scan is air.
     """
@@ -170,13 +171,14 @@ def _grid_offsets(views: str, P: int) -> np.ndarray:
     return np.concatenate([axial, coronal, sagittal])
 
 
-def build_fpr_model(*, backbone: str = "wrn3d", patch_size: int = 32, backbone_kwargs=None,
+def build_fpr_model(*, backbone: str = "wrn2d", patch_size: int = 32, backbone_kwargs=None,
                     head_units: int = 64, dropout: float = 0.3, name: str = "fpr"):
     """A zoo backbone with two sigmoid heads: ``nodule`` and ``malignancy``.
 
     Inputs are ``patch`` and ``scale`` (1,): log2 of the patch spacing in mm.  Any zoo
     classifier works (``backbone`` names it, ``backbone_kwargs`` configure it): a 3-D one
     takes the cube (P, P, P, 1), a 2-D one the orthogonal views (P, P, 3) (:func:`views_for`).
+    The defaults are the shipped pipeline's ``[fpr] backbone`` and ``patch_size``.
     The nested backbone model is named ``backbone_<zoo name>`` so that a loaded file
     tells which backbone it holds (:func:`model_backbone`).
     """
@@ -201,7 +203,7 @@ def build_fpr_model(*, backbone: str = "wrn3d", patch_size: int = 32, backbone_k
 def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: int = 32,
                         patch_mm: float = 1.0, fit_fraction: float = 0.7,
                         window_hu=(-1000.0, 400.0), batch_size: int = 32,
-                        views: str | None = None, tta: int = 1, tta_top: int | None = None) -> pd.DataFrame:
+                        views: str | None = None, tta: int = 8, tta_top: int | None = 200) -> pd.DataFrame:
     """Add ``nodule_prob``, ``malignancy_prob`` and ``patch_mm`` to a candidate table.
 
     ``probability`` becomes the nodule probability (the LUNA16 score); the
@@ -213,12 +215,14 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
     malignancy probabilities are averaged; 1 is the plain patch.  With ``tta_top``, every
     candidate is first scored on the plain patch, and only the ``tta_top`` that score
     highest get all ``tta`` views (a cascade: the averaging matters for the candidates that
-    compete for the top ranks, and costs ``tta`` times as much); None gives them to all.
+    compete for the top ranks, and costs ``tta`` times as much); 0 or None gives them to all,
+    as ``[fpr] tta_top = 0`` does.  The keyword defaults are the shipped pipeline's ``[fpr]``
+    section, so a bare call scores as ``lungcad detect`` does.
     The table is returned sorted by probability.
     """
     rotations = tta_rotations(tta)
     if tta_top is not None and (int(tta_top) != tta_top or tta_top < 0):
-        raise ValueError(f"tta_top: expected None or an integer >= 0. Received {tta_top!r}")
+        raise ValueError(f"tta_top: expected None or an integer >= 0 (0 = all). Received {tta_top!r}")
     views = views or model_views(model) or "cube"
     out = candidates.copy()
     if len(out) == 0:
@@ -250,7 +254,7 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
         return nod, mal
 
     everyone = np.arange(len(out))
-    if tta_top is None or len(rotations) == 1 or tta_top >= len(out):
+    if not tta_top or len(rotations) == 1 or tta_top >= len(out):
         nod, mal = score(everyone, rotations)
     else:
         nod, mal = score(everyone, rotations[:1])

@@ -89,7 +89,7 @@ class LungMask:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def lung_box(mask, *, spacing, margin_mm: float = 5.0) -> tuple[slice, slice, slice]:
+def lung_box(mask, *, spacing, margin_mm: float = 10.0) -> tuple[slice, slice, slice]:
     """Bounding box of a mask with a margin in mm, as slices into the same volume.
 
     Parameters

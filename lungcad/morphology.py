@@ -516,19 +516,20 @@ def overlap_links(labels: np.ndarray, dets2d: pd.DataFrame, *, min_fraction: flo
 
 
 def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str = "",
-                       threshold: float = 0.5, dilation_mm: float = 1.0,
+                       threshold: float = 0.4, dilation_mm: float = 1.0,
                        erosion_mm: float = 1.0, merge_distance_mm: float = 5.0,
                        z_merge_mm: float = 5.0, max_gap_slices: int = 1,
-                       min_diameter_mm: float = 3.0, max_candidates: int | None = None,
+                       min_diameter_mm: float = 2.0, max_candidates: int | None = 1000,
                        mask=None, z_overlap: float = 0.5, z_overlap_min_mm: float = 10.0,
-                       weak_threshold: float = 0.0, split_threshold: float = 0.0,
+                       weak_threshold: float = 0.3, split_threshold: float = 0.9,
                        split_min_mm: float = 15.0) -> pd.DataFrame:
     """Turn a probability map into the candidate table.
 
-    The keyword defaults are the plain algorithm (one threshold of 0.5, no weak or split
-    candidates, no cap).  The pipeline passes the values of its ``[morphology]`` section
-    instead (:class:`lungcad.config.MorphologyConfig`, ``pipelines/default.toml``); to get
-    what ``lungcad detect`` gets, call it with ``**dataclasses.asdict(MorphologyConfig())``.
+    The keyword defaults are the shipped pipeline's ``[morphology]`` section
+    (:class:`lungcad.config.MorphologyConfig`, ``pipelines/default.toml``;
+    ``tests/test_defaults.py`` keeps them equal), so a bare call gives the candidates that
+    ``lungcad detect`` gets from the same map and mask.  The plain algorithm is
+    ``threshold=0.5, weak_threshold=0, split_threshold=0, max_candidates=None``.
 
     Parameters
     ----------
@@ -552,8 +553,8 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         See :func:`merge_z`.
     min_diameter_mm : float, optional
         Candidates with a smaller ``diameter_mm`` are dropped.
-    max_candidates : int, optional
-        Keep only this many, the most probable.
+    max_candidates : int or None, optional
+        Keep only this many, the most probable (None: all).
     mask : ndarray of bool, optional
         A lung mask: candidates that do not overlap it are dropped.
     z_overlap : float, optional

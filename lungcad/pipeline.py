@@ -136,7 +136,7 @@ def fpr_stage(volume: CTVolume, table, classifier, config: PipelineConfig, *, vi
     f = config.fpr
     table = fpr.classify_candidates(volume, table, model=classifier, patch_size=f.patch_size,
                                     patch_mm=f.patch_mm, fit_fraction=f.fit_fraction, window_hu=f.window_hu,
-                                    batch_size=f.batch_size, views=views, tta=f.tta, tta_top=f.tta_top or None)
+                                    batch_size=f.batch_size, views=views, tta=f.tta, tta_top=f.tta_top)
     return fpr.suppress_inside(table, within=f.suppress_within)
 
 

@@ -5,15 +5,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcad.aggregate import aggregate, calibrate, fit_calibration, patient_probability
+from lungcad.aggregate import IDENTITY, SHIPPED_CALIBRATION, aggregate, calibrate, fit_calibration, patient_probability
 
 
 def test_empty_gives_p_leak_exactly():
     assert patient_probability([], [], top_k=5, p_leak=0.02) == pytest.approx(0.02, abs=1e-15)
     assert patient_probability([], [], p_leak=0.0) == 0.0
     empty = pd.DataFrame({"nodule_prob": [], "malignancy_prob": []})
-    assert aggregate(empty, top_k=3, p_leak=0.1) == pytest.approx(0.1, abs=1e-15)
-    assert aggregate(pd.DataFrame(), p_leak=0.05) == pytest.approx(0.05, abs=1e-15)
+    assert aggregate(empty, top_k=3, p_leak=0.1, calibration=IDENTITY) == pytest.approx(0.1, abs=1e-15)
+    assert aggregate(pd.DataFrame(), p_leak=0.05, calibration=IDENTITY) == pytest.approx(0.05, abs=1e-15)
+    # bare, the shipped calibration applies to the leak too, as in `lungcad detect`
+    assert aggregate(pd.DataFrame()) == pytest.approx(calibrate(0.02, SHIPPED_CALIBRATION), abs=1e-15)
 
 
 def test_hand_computed_values():
@@ -90,9 +92,9 @@ def test_adding_a_candidate_never_lowers_probability():
 def test_aggregate_reads_table_columns():
     df = pd.DataFrame({"nodule_prob": [0.9, 0.2], "malignancy_prob": [0.5, 0.5],
                        "probability": [0.1, 0.1]})
-    assert aggregate(df, top_k=5, p_leak=0.02) == pytest.approx(0.5149, abs=1e-12)
+    assert aggregate(df, top_k=5, p_leak=0.02, calibration=IDENTITY) == pytest.approx(0.5149, abs=1e-12)
     df2 = df.rename(columns={"nodule_prob": "pn", "malignancy_prob": "pm"})
-    assert aggregate(df2, top_k=5, p_leak=0.02, nodule_col="pn", malignancy_col="pm") == \
+    assert aggregate(df2, top_k=5, p_leak=0.02, calibration=IDENTITY, nodule_col="pn", malignancy_col="pm") == \
         pytest.approx(0.5149, abs=1e-12)
 
 

@@ -21,7 +21,7 @@ def blob_volume(direction=np.eye(3)):
 def test_patch_is_centred_on_the_world_position(direction):
     vol, centre = blob_volume(direction)
     p = extract_patches(vol.hu, centre[None], spacing=vol.spacing, origin=vol.origin,
-                        direction=vol.direction, scales_mm=[1.0], patch_size=16)
+                        direction=vol.direction, scales_mm=[1.0], patch_size=16, views="cube")
     assert p.shape == (1, 16, 16, 16, 1)
     bright = np.argwhere(p[0, ..., 0] > 0.5)
     np.testing.assert_allclose(bright.mean(axis=0), [7.5, 7.5, 7.5], atol=1.0)
@@ -35,7 +35,7 @@ def test_masses_are_seen_at_a_coarser_scale():
 
 def test_rotation_by_identity_changes_nothing():
     vol, centre = blob_volume()
-    kw = dict(spacing=vol.spacing, origin=vol.origin, scales_mm=[1.0], patch_size=12)
+    kw = dict(spacing=vol.spacing, origin=vol.origin, scales_mm=[1.0], patch_size=12, views="cube")
     a = extract_patches(vol.hu, centre[None], **kw)
     b = extract_patches(vol.hu, centre[None], rotation=np.eye(3)[None], **kw)
     np.testing.assert_array_equal(a, b)
@@ -56,7 +56,7 @@ def test_classify_candidates_adds_columns_and_ranks():
                           "coordY": [empty_place[1], centre[1]], "coordZ": [empty_place[2], centre[2]],
                           "z": 0.0, "y": 0.0, "x": 0.0, "diameter_mm": [6.0, 6.0],
                           "probability": [0.9, 0.8], "seg_prob": [0.9, 0.8]})
-    out = classify_candidates(vol, cands, model=toy_classifier, patch_size=16, batch_size=1)
+    out = classify_candidates(vol, cands, model=toy_classifier, patch_size=16, batch_size=1, tta=1)
     assert list(out.columns[:len(cands.columns)]) == list(cands.columns)
     assert {"nodule_prob", "malignancy_prob", "patch_mm"} <= set(out.columns)
     assert out.iloc[0]["coordX"] == pytest.approx(centre[0])          # the blob ranks first now
@@ -136,7 +136,7 @@ def test_orthogonal_views_tell_a_sphere_from_a_vessel():
     assert vessel_area[0] < 40 and vessel_area[1] == vessel_area[2] >= 24 * 5
     # the views are planes of the cube: axial = the cube's centre slice, rows y and columns x
     cube = extract_patches(sphere, centre - [[0.0, 0.0, 0.5]], spacing=spacing, origin=(0.0, 0.0, 0.0),
-                           scales_mm=[1.0], patch_size=24)[0, ..., 0]
+                           scales_mm=[1.0], patch_size=24, views="cube")[0, ..., 0]
     np.testing.assert_allclose(s[0, :, :, 0], cube[12], atol=1e-6)
 
 
@@ -167,7 +167,7 @@ def test_fpr_model_on_any_zoo_backbone(backbone, kwargs, patch):
     cands = pd.DataFrame({"seriesuid": "s1", "coordX": [centre[0]], "coordY": [centre[1]],
                           "coordZ": [centre[2]], "z": 0.0, "y": 0.0, "x": 0.0, "diameter_mm": [6.0],
                           "probability": [0.9]})
-    out = classify_candidates(vol, cands, model=model, patch_size=patch[0])
+    out = classify_candidates(vol, cands, model=model, patch_size=patch[0], tta=1)
     assert out["nodule_prob"].between(0, 1).all() and out["malignancy_prob"].between(0, 1).all()
 
 
@@ -188,7 +188,7 @@ def test_tta_top_gives_the_test_time_views_to_the_top_of_a_plain_pass():
     assert scores() == {"a": 0.25, "b": 0.25, "c": 0.0}
     assert scores(tta_top=3) == scores(tta_top=50) == scores()
     assert scores(tta_top=1) == {"a": 0.25, "b": 1.0, "c": 0.0}     # a: first of the tie, views averaged
-    assert scores(tta_top=0) == {"a": 1.0, "b": 1.0, "c": 0.0}      # nobody: the plain pass
+    assert scores(tta_top=0) == scores(tta_top=None) == scores()    # 0 = all, as [fpr] tta_top = 0
     with pytest.raises(ValueError, match="tta_top"):
         scores(tta_top=-1)
 

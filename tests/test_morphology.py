@@ -18,6 +18,16 @@ from lungcad.morphology import (EXTRA_COLUMNS, components_2d, dilate, erode, ext
 from lungcad.result import CANDIDATE_COLUMNS
 from lungcad.volume import voxel_to_world, world_to_voxel
 
+#: The plain algorithm these tests were written for: one threshold of 0.5, no weak or split
+#: candidates, no cap.  extract_candidates' bare defaults are the shipped pipeline's
+#: (tests/test_defaults.py); a test that means another value passes it and overrides these.
+PLAIN = dict(threshold=0.5, min_diameter_mm=3.0, max_candidates=None, weak_threshold=0.0, split_threshold=0.0)
+
+
+def extract_plain(prob, **kw):
+    return extract_candidates(prob, **{**PLAIN, **kw})
+
+
 SPACINGS = [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7), (5.0, 0.8, 0.8)]
 
 
@@ -63,7 +73,7 @@ def test_spheres_come_out_at_their_centres_and_sizes(spacing):
         c = np.asarray(c) + rng.uniform(-1.5, 1.5, 3)
         draw_ellipsoid(prob, spacing, c, d / 2)
         truth.append((voxel_to_world(c / np.asarray(spacing), spacing=spacing, origin=origin), d))
-    table = extract_candidates(prob, spacing=spacing, origin=origin, series_uid="1.2.3")
+    table = extract_plain(prob, spacing=spacing, origin=origin, series_uid="1.2.3")
     assert len(table) == len(spheres)
     assert set(table["seriesuid"]) == {"1.2.3"}
     found = set()
@@ -88,7 +98,7 @@ def test_table_columns_order_and_probability():
     a = draw_ellipsoid(np.zeros(shape, np.float32), sp, (50, 30, 30), 5.0) * 0.7
     b = draw_ellipsoid(np.zeros(shape, np.float32), sp, (50, 70, 70), 5.0) * 0.95
     prob = np.maximum(a, b)
-    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.3)
+    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.3)
     assert list(table.columns) == CANDIDATE_COLUMNS + EXTRA_COLUMNS
     assert len(table) == 2
     assert table["probability"].tolist() == pytest.approx([0.95, 0.7], abs=1e-6)
@@ -97,8 +107,8 @@ def test_table_columns_order_and_probability():
 
 
 def test_empty_map_gives_empty_table_with_columns():
-    table = extract_candidates(np.zeros((5, 20, 20), np.float32), spacing=(1, 1, 1),
-                               origin=(0, 0, 0))
+    table = extract_plain(np.zeros((5, 20, 20), np.float32), spacing=(1, 1, 1),
+                          origin=(0, 0, 0))
     assert len(table) == 0
     assert list(table.columns) == CANDIDATE_COLUMNS + EXTRA_COLUMNS
 
@@ -114,7 +124,7 @@ def test_nodule_split_into_blobs_in_one_slice_is_one_candidate():
     prob[k, :, i - 2:i + 2] = 0
     blobs = components_2d(threshold(prob[k:k + 1]), prob[k:k + 1], spacing=sp)
     assert len(blobs) == 4
-    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
     assert len(table) == 1
     centre = table.loc[0, ["z", "y", "x"]].to_numpy(float) * sp
     assert np.linalg.norm(centre - c) <= 1.0
@@ -126,7 +136,7 @@ def test_nodule_spanning_many_slices_is_one_candidate():
     prob = np.zeros((80, 100, 100), np.float32)
     c = np.array([40.0, 35.0, 35.0])
     draw_ellipsoid(prob, sp, c, (25.0, 6.0, 6.0))  # 50 mm long in z
-    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
     assert len(table) == 1
     row = table.iloc[0]
     assert np.linalg.norm(row[["z", "y", "x"]].to_numpy(float) * sp - c) <= 1.0
@@ -142,7 +152,7 @@ def test_two_nodules_15_mm_apart_stay_two(spacing):
     a, b = np.array([40.0, 40.0, 32.5]), np.array([40.0, 40.0, 47.5])  # 15 mm apart in x
     draw_ellipsoid(prob, spacing, a, 4.0)
     draw_ellipsoid(prob, spacing, b, 4.0)
-    table = extract_candidates(prob, spacing=spacing, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing=spacing, origin=(0, 0, 0))
     assert len(table) == 2
     got = sorted(table["x"] * spacing[2])
     assert got == pytest.approx([32.5, 47.5], abs=1.0)
@@ -153,7 +163,7 @@ def test_two_nodules_15_mm_apart_in_z_stay_two():
     prob = np.zeros((40, 80, 80), np.float32)
     draw_ellipsoid(prob, sp, (40.0, 28.0, 28.0), 4.0)
     draw_ellipsoid(prob, sp, (55.0, 28.0, 28.0), 4.0)
-    table = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
     assert sorted(table["z"] * 2.5) == pytest.approx([40.0, 55.0], abs=1.0)
 
 
@@ -166,7 +176,7 @@ def test_non_identity_direction_gives_correct_world_coordinates():
     prob = np.zeros((40, 100, 100), np.float32)
     c_mm = np.array([51.3, 33.1, 40.2])
     draw_ellipsoid(prob, sp, c_mm, 5.0)
-    table = extract_candidates(prob, spacing=sp, origin=origin, direction=direction)
+    table = extract_plain(prob, spacing=sp, origin=origin, direction=direction)
     assert len(table) == 1
     expected = voxel_to_world(c_mm / sp, spacing=sp, origin=origin, direction=direction)
     got = table.loc[0, ["coordX", "coordY", "coordZ"]].to_numpy(float)
@@ -181,12 +191,12 @@ def test_min_diameter_max_candidates_and_mask():
     draw_ellipsoid(prob, sp, (20, 20, 20), 1.0)    # 2 mm: below min_diameter_mm=3
     draw_ellipsoid(prob, sp, (20, 20, 60), 4.0)
     draw_ellipsoid(prob, sp, (20, 60, 40), 6.0)
-    assert len(extract_candidates(prob, spacing=sp, origin=(0, 0, 0))) == 2
-    assert len(extract_candidates(prob, spacing=sp, origin=(0, 0, 0), min_diameter_mm=1.0)) == 3
-    assert len(extract_candidates(prob, spacing=sp, origin=(0, 0, 0), max_candidates=1)) == 1
+    assert len(extract_plain(prob, spacing=sp, origin=(0, 0, 0))) == 2
+    assert len(extract_plain(prob, spacing=sp, origin=(0, 0, 0), min_diameter_mm=1.0)) == 3
+    assert len(extract_plain(prob, spacing=sp, origin=(0, 0, 0), max_candidates=1)) == 1
     mask = np.zeros(prob.shape, bool)
     mask[:, 40:, :] = True  # only the third sphere overlaps it
-    t = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), mask=mask)
+    t = extract_plain(prob, spacing=sp, origin=(0, 0, 0), mask=mask)
     assert len(t) == 1 and t.loc[0, "y"] == pytest.approx(60, abs=0.5)
 
 
@@ -284,11 +294,11 @@ def test_oblique_mass_on_thick_slices_is_one_candidate():
     discs = [((60.0, 30.0 + 9.0 * k), d) for k, d in enumerate((24.0, 36.0, 40.0, 40.0, 36.0, 24.0))]
     prob = np.zeros((10, 150, 150), np.float32)
     prob[2:8] = 0.95 * np.stack([disc(prob.shape[1:], sp, c, d) for c, d in discs])
-    one = extract_candidates(prob, spacing=sp, origin=(0, 0, 0))
+    one = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
     assert len(one) == 1
     assert one.loc[0, "n_slices"] == 6
     assert one.loc[0, "x"] * sp[2] == pytest.approx(30.0 + 9.0 * 2.5, abs=2.0)
-    split = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), z_overlap=0.0)
+    split = extract_plain(prob, spacing=sp, origin=(0, 0, 0), z_overlap=0.0)
     assert len(split) >= 3
 
 
@@ -326,26 +336,26 @@ def test_weak_threshold_adds_faint_nodules_after_the_others():
     faint = np.zeros_like(prob)
     draw_ellipsoid(faint, sp, (27.5, 60.0, 60.0), 2.0)                  # centred on slice 5.5: 2 slices
     prob = np.maximum(prob, 0.3 * (faint > 0.2))
-    off = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0)
+    off = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0)
     assert len(off) == 1
-    on = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
-                            weak_threshold=0.2)
+    on = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+                       weak_threshold=0.2)
     assert len(on) == 2
     assert on.loc[0, "seg_prob"] == pytest.approx(0.95, abs=0.01)
     assert on.loc[1, "seg_prob"] == pytest.approx(0.3)
     weak = on.loc[1]
     assert weak["y"] * sp[1] == pytest.approx(60.0, abs=0.7) and weak["x"] * sp[2] == pytest.approx(60.0, abs=0.7)
     assert weak["z"] * sp[0] == pytest.approx(27.5, abs=1.0) and weak["n_slices"] == 2
-    capped = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
-                                weak_threshold=0.2, max_candidates=1)
+    capped = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+                           weak_threshold=0.2, max_candidates=1)
     assert capped.loc[0, "seg_prob"] > 0.9
     # at or above the threshold nothing lies between the two levels
     for level in (0.4, 0.6):
-        same = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
-                                  weak_threshold=level)
+        same = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+                             weak_threshold=level)
         pd.testing.assert_frame_equal(same, off)
     with pytest.raises(ValueError, match="weak_threshold: expected a level from 0 \\(off\\) to 1"):
-        extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, weak_threshold=-0.2)
+        extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, weak_threshold=-0.2)
 
 
 def nodule_on_hilum(sp, shape=(16, 140, 160)):
@@ -392,11 +402,11 @@ def test_split_threshold_gives_a_nodule_joined_to_the_hilum_its_own_candidate():
     sp = (5.0, 0.8, 0.8)
     prob = nodule_on_hilum(sp)
     centre = np.array([40.0, 50.0, 40.0])
-    off = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4)
+    off = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4)
     assert len(off) == 1
     dist = lambda t: np.linalg.norm(t[["z", "y", "x"]].to_numpy(float) * sp - centre, axis=1)
     assert dist(off)[0] > 10.0                                           # outside the nodule
-    on = extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=0.9)
+    on = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=0.9)
     assert len(on) == 2
     near = dist(on)
     assert near.min() < 1.5
@@ -407,9 +417,9 @@ def test_split_threshold_gives_a_nodule_joined_to_the_hilum_its_own_candidate():
                                off.loc[0, ["z", "y", "x", "diameter_mm"]].to_numpy(float))
     for level in (0.3, 0.4):
         pd.testing.assert_frame_equal(
-            extract_candidates(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=level), off)
+            extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=level), off)
     with pytest.raises(ValueError, match=r"split_threshold: expected a level from 0 \(off\) to 1"):
-        extract_candidates(prob, spacing=sp, origin=(0, 0, 0), split_threshold=1.5)
+        extract_plain(prob, spacing=sp, origin=(0, 0, 0), split_threshold=1.5)
 
 
 def test_empty_surroundings_change_nothing_but_the_indices():
@@ -422,11 +432,11 @@ def test_empty_surroundings_change_nothing_but_the_indices():
     draw_ellipsoid(prob, sp, (25.0, 21.0, 30.0), (4.0, 2.0, 2.0))
     prob[10][disc(prob.shape[1:], sp, (30.0, 12.0), 3.0)] = 0.32        # a weak blob
     kw = dict(spacing=sp, threshold=0.4, weak_threshold=0.3, min_diameter_mm=1.0)
-    small = extract_candidates(prob, origin=(0.0, 0.0, 0.0), **kw)
+    small = extract_plain(prob, origin=(0.0, 0.0, 0.0), **kw)
     pad = (7, 33, 21)
     big = np.pad(prob, [(p, 9) for p in pad])
     origin = tuple(-p * s for p, s in zip(pad[::-1], sp[::-1]))       # x, y, z of voxel (0, 0, 0)
-    moved = extract_candidates(big, origin=origin, **kw)
+    moved = extract_plain(big, origin=origin, **kw)
     assert len(small) == 3 and (small["seg_prob"] < 0.4).sum() == 1
     np.testing.assert_allclose(moved[["z", "y", "x"]].to_numpy() - pad, small[["z", "y", "x"]].to_numpy(),
                                atol=1e-9)
@@ -436,20 +446,20 @@ def test_empty_surroundings_change_nothing_but_the_indices():
 
 def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match=r"spacing: expected 3 positive values"):
-        extract_candidates(np.zeros((2, 4, 4)), spacing=(1, 1), origin=(0, 0, 0))
+        extract_plain(np.zeros((2, 4, 4)), spacing=(1, 1), origin=(0, 0, 0))
     with pytest.raises(ValueError, match=r"expected a 3-D array"):
-        extract_candidates(np.zeros((4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0))
+        extract_plain(np.zeros((4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0))
     with pytest.raises(ValueError, match=r"radius_mm: expected a distance >= 0"):
         dilate(np.zeros((1, 3, 3), bool), radius_mm=-1, spacing=(1, 1, 1))
     with pytest.raises(ValueError, match=r"mask: expected the shape of prob"):
-        extract_candidates(np.zeros((2, 4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0),
-                           mask=np.zeros((2, 4, 5), bool))
+        extract_plain(np.zeros((2, 4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0),
+                      mask=np.zeros((2, 4, 5), bool))
 
 
 def test_series_uid_that_utf8_cannot_hold_is_escaped():
     # a SeriesInstanceUID from a header decoded with surrogateescape
     prob = np.zeros((6, 40, 40), np.float32)
     prob[2:4, 18:23, 18:23] = 0.9
-    table = extract_candidates(prob, spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-                               series_uid="1.2.\udc80")
+    table = extract_plain(prob, spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                          series_uid="1.2.\udc80")
     assert len(table) == 1 and table["seriesuid"].tolist() == ["1.2.\\udc80"]

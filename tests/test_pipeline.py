@@ -73,7 +73,8 @@ def test_pipeline_finds_the_nodules_with_toy_models():
     assert result.cancer_probability == pytest.approx(aggregate(c, top_k=5, p_leak=0.02, calibration=cal))
     plain = Pipeline(PipelineConfig().with_overrides({"aggregate.calibration": [1.0, 0.0]}),
                      segmenter=toy_segmenter, classifier=toy_classifier).run(vol)
-    assert plain.cancer_probability == pytest.approx(aggregate(c, top_k=5, p_leak=0.02))   # ... (1, 0) is not
+    assert plain.cancer_probability == pytest.approx(aggregate(c, top_k=5, p_leak=0.02,
+                                                               calibration=(1.0, 0.0)))   # ... (1, 0) is not
     assert set(result.timings) == {"lungmask", "candidates", "morphology", "fpr", "aggregate"}
     assert result.config == PipelineConfig().to_dict() and len(result.config_hash) == 16
     assert result.geometry["spacing_zyx_mm"] == list(SPACING)
@@ -108,7 +109,7 @@ def test_pipeline_with_real_keras_models(tmp_path):
     seg = build_model("unet2d", input_shape=(None, None, 3), classes=1, classifier_activation="sigmoid",
                       depth=2, base_filters=4)
     seg.save(tmp_path / "seg.keras")
-    clf = build_fpr_model(patch_size=16, backbone_kwargs={"depth": 10, "width": 1})
+    clf = build_fpr_model(backbone="wrn3d", patch_size=16, backbone_kwargs={"depth": 10, "width": 1})
     clf.save(tmp_path / "clf.keras")
     toml = tmp_path / "p.toml"
     toml.write_text('[candidates]\nweights = "seg.keras"\ntile = 4\n'

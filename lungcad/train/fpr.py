@@ -1,11 +1,12 @@
 """Training the false-positive-reduction network (``lungcad train fpr``).
 
-The network is :func:`lungcad.fpr.build_fpr_model`: a zoo backbone (WideResNet-3D by
-default) with two heads.  The ``nodule`` head learns lesions against non-nodules; the
-``malignancy`` head learns the malignancy target of lesions only (sample weight 0
-elsewhere).  When a segmenter is given, its candidates on the training scans that hit no
-lesion become *hard negatives*, and DSB2017 patient labels become weak lesion labels
-(:func:`lungcad.train.data.apply_patient_labels`).
+The network is :func:`lungcad.fpr.build_fpr_model`: the zoo backbone of the pipeline's
+``[fpr] backbone`` (by default a 2-D WideResNet, ``wrn2d``, on three orthogonal views; a 3-D
+one such as ``wrn3d`` sees a cube) with two heads.  The ``nodule`` head learns lesions
+against non-nodules; the ``malignancy`` head learns the malignancy target of lesions only
+(sample weight 0 elsewhere).  When a segmenter is given, its candidates on the training
+scans that hit no lesion become *hard negatives*, and DSB2017 patient labels become weak
+lesion labels (:func:`lungcad.train.data.apply_patient_labels`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from lungcad.train.common import (TrainResult, TrainSettings, detect_candidates,
 from lungcad.train.data import Case, CaseLike, CaseRef, apply_patient_labels, drop_near, split_by_patient
 from lungcad.train.datasets import FPRDataset
 
-#: Backbone keywords of the shipped classifier (WRN-10-1).
+#: Backbone keywords of a WideResNet when none are given (WRN-10-1).  The shipped classifier
+#: is a WRN-16-2 (its card's command passes --depth 16 --width 2).
 DEFAULT_WRN = {"depth": 10, "width": 1, "dropout": 0.0}
 
 
