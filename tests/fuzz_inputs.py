@@ -968,7 +968,7 @@ def _mutate_metaimage(seed: Seed, d: Draws, outside: Path) -> Case:
             lines = header_b.decode("latin-1").splitlines()
             case.notes.append(f"header: {note}")
         elif op == "data":
-            others = [n for n in seed.mutable if n != target]
+            others = [n for n in seed.mutable if n != target and n in files]
             if others:  # a separate data file: cut, grown or deleted
                 name = others[0]
                 if d.chance(0.15):
@@ -978,7 +978,7 @@ def _mutate_metaimage(seed: Seed, d: Draws, outside: Path) -> Case:
                     files[name], note = _edit_bytes(d, files[name])
                     case.notes.append(f"{name}: {note}")
                 case.mutated.append(name)
-            else:  # the data after a LOCAL header
+            elif target.endswith(".mha"):  # the data after a LOCAL header
                 body, note = _edit_bytes(d, body)
                 case.notes.append(f"data: {note}")
     files[target] = ("\n".join(lines) + "\n").encode("latin-1") + body
