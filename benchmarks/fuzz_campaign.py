@@ -101,8 +101,17 @@ def worker(lane: int, lanes: int, start: int, args: dict) -> None:
     with open(home / "results.jsonl", "a") as results:
         for i in range(start, args["examples"], lanes):
             (home / "current").write_text(str(i))
-            family, case = make_case(i, args["seed"], seeds, outside)
-            folder = fi.write_case(case, home / "case")
+            try:
+                family, case = make_case(i, args["seed"], seeds, outside)
+                folder = fi.write_case(case, home / "case")
+            except Exception as e:  # noqa: BLE001 - a bug of the mutators: count it, go on
+                row = {"i": i, "family": "?", "seed": "?", "kind": "escape",
+                       "key": "bug in the mutators", "where": "make_case",
+                       "error": f"bug in the mutators: {type(e).__name__}: {e}"[:300],
+                       "seconds": None, "violations": []}
+                results.write(json.dumps(row) + "\n")
+                results.flush()
+                continue
             o = run_case(folder, case, outside=outside, hang_s=args["hang_s"],
                          traced_mb=args["traced_mb"])
             row = {"i": i, "family": family, "seed": case.seed, "kind": o.kind, "key": o.key,
