@@ -34,6 +34,10 @@ VIEWS = ("cube", "orthogonal")
 TTA_CHOICES = (1, 2, 4, 8)
 #: the nested backbone model of :func:`build_fpr_model` is named this prefix + the zoo name
 BACKBONE_PREFIX = "backbone_"
+#: The ``[fpr]`` keys that shape what the network sees: its weights hold only for these values.
+#: Training records them in the model card's ``preprocessing`` (:func:`lungcad.train.train_fpr`),
+#: and loading the weights checks them against the pipeline (:func:`lungcad.pipeline.check_fpr_model`).
+PREPROCESSING = ("patch_size", "patch_mm", "fit_fraction", "window_hu")
 
 
 def views_for(backbone: str) -> str:

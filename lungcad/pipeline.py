@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
+import math
 import platform
 import time
 from pathlib import Path
@@ -24,6 +27,8 @@ from lungcad.config import PipelineConfig, load_config
 from lungcad.errors import ConfigError, InputError, LungcadError, StageError
 from lungcad.result import ScanResult, table_text
 from lungcad.volume import CTVolume
+
+log = logging.getLogger(__name__)
 
 
 def load_keras_model(path: str | Path):
@@ -61,8 +66,15 @@ def config_views(config: PipelineConfig) -> str:
 
 def check_fpr_model(model, config: PipelineConfig, path) -> None:
     """Raise ConfigError unless an FPR weights file fits the pipeline's ``[fpr]`` section:
-    the backbone it holds, and the patch it takes."""
-    from lungcad.fpr import model_backbone, model_patch_shape, patch_shape
+    the backbone it holds, the preprocessing it was trained with (each key of
+    :data:`lungcad.fpr.PREPROCESSING`, read from the model card beside the file), and the
+    patch it takes.  The message names the key, the weights' value and the config's value.
+
+    Weights without a card are checked for what the file itself holds (backbone, patch
+    shape), with a warning on the ``lungcad`` logger.
+    """
+    from lungcad.cards import card_path_for, read_card
+    from lungcad.fpr import PREPROCESSING, model_backbone, model_patch_shape, patch_shape
 
     f = config.fpr
     expected = patch_shape(config_views(config), f.patch_size)
@@ -72,10 +84,39 @@ def check_fpr_model(model, config: PipelineConfig, path) -> None:
                           f"[fpr] backbone is {f.backbone!r}. Set [fpr] backbone = \"{held}\", or train "
                           f"weights for {f.backbone!r} with `lungcad train fpr --pipeline FILE` and point "
                           f"[fpr] weights at them")
+    card = read_card(path)
+    trained = card.get("preprocessing") if card is not None else None
+    if not isinstance(trained, dict):
+        log.warning("%s: no model card with the preprocessing of these FPR weights (%s); [fpr] %s "
+                    "are not checked against them", path, card_path_for(path).name, ", ".join(PREPROCESSING))
+        trained = {}
+    for key in PREPROCESSING:
+        if key in trained and not _same_value(trained[key], getattr(f, key)):
+            theirs, ours = _toml_value(trained[key]), _toml_value(getattr(f, key))
+            raise ConfigError(f"{path}: [fpr] {key}: these FPR weights were trained with {key} = {theirs} "
+                              f"(their model card {card_path_for(path).name}), but the pipeline's [fpr] {key} "
+                              f"is {ours}. Set [fpr] {key} = {theirs}, or train weights for {key} = {ours} "
+                              f"with `lungcad train fpr --pipeline FILE` and point [fpr] weights at them")
     got = model_patch_shape(model)
     if got != expected:
         raise ConfigError(f"{path}: the FPR network takes patches of shape {got}, but [fpr] "
                           f"(backbone {f.backbone!r}, patch_size {f.patch_size}) makes {expected}")
+
+
+def _same_value(a, b) -> bool:
+    """A value of a model card (JSON) against a config value: numbers to within rounding,
+    lists and tuples element by element."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same_value(x, y) for x, y in zip(a, b)))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _toml_value(v) -> str:
+    """A value as a pipeline file writes it: ``0.7``, ``[-1000.0, 400.0]``, ``"wrn2d"``."""
+    return json.dumps(list(v) if isinstance(v, tuple) else v)
 
 
 def versions() -> dict[str, str]:

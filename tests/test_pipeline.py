@@ -170,3 +170,74 @@ def test_shipped_cube_pipeline_runs_its_3d_network():
     result = pipe.run(vol)
     assert pipe.classifier.input["patch"].shape[1:] == (32, 32, 32, 1)
     assert len(result.candidates) >= 1 and result.candidates["nodule_prob"].between(0, 1).all()
+
+
+# ----------------------------------------------------------------- the FPR weights carry their preprocessing
+
+@pytest.fixture(scope="module")
+def shipped_fpr():
+    """The shipped FPR network, loaded once (safe_mode), with the path of its weights."""
+    pytest.importorskip("keras")
+    from lungcad.pipeline import load_keras_model
+
+    path = PipelineConfig().resolve_weights(PipelineConfig().fpr.weights)
+    return load_keras_model(path), path
+
+
+@pytest.mark.parametrize("key, value, theirs, ours", [
+    ("patch_size", 24, "32", "24"),
+    ("patch_mm", 0.8, "1.0", "0.8"),
+    ("fit_fraction", 0.5, "0.7", "0.5"),
+    ("window_hu", [-1200.0, 600.0], r"\[-1000.0, 400.0\]", r"\[-1200.0, 600.0\]"),
+])
+def test_the_shipped_fpr_weights_refuse_a_config_with_other_preprocessing(shipped_fpr, key, value, theirs, ours):
+    """Every [fpr] key that shapes what the network sees is checked on loading against the
+    weights' model card; the message names the key, the weights' value and the config's."""
+    from lungcad.errors import ConfigError
+    from lungcad.pipeline import check_fpr_model
+
+    model, path = shipped_fpr
+    check_fpr_model(model, PipelineConfig(), path)                  # the shipped pair fits
+    cfg = PipelineConfig().with_overrides({f"fpr.{key}": value})
+    with pytest.raises(ConfigError, match=rf"fpr\.keras: \[fpr\] {key}: these FPR weights were trained with "
+                                          rf"{key} = {theirs} \(their model card fpr\.card\.json\), but the "
+                                          rf"pipeline's \[fpr\] {key} is {ours}\. Set \[fpr\] {key} = {theirs}"):
+        check_fpr_model(model, cfg, path)
+
+
+def test_the_shipped_fpr_weights_refuse_another_backbone(shipped_fpr):
+    from lungcad.errors import ConfigError
+    from lungcad.pipeline import check_fpr_model
+
+    model, path = shipped_fpr
+    with pytest.raises(ConfigError, match=r"fpr\.keras: these FPR weights hold a 'wrn2d' backbone, but the "
+                                          r"pipeline's \[fpr\] backbone is 'wrn3d'"):
+        check_fpr_model(model, PipelineConfig().with_overrides({"fpr.backbone": "wrn3d"}), path)
+
+
+def test_fpr_weights_are_checked_against_the_card_beside_them(shipped_fpr, tmp_path, caplog):
+    """The card next to the weights file is what is checked: one that differs refuses the config,
+    one that is not JSON is an InputError naming it, and weights with no card are checked for
+    what the file holds (backbone, patch shape) with a warning."""
+    import json
+    import logging
+
+    from lungcad.errors import ConfigError, InputError
+    from lungcad.pipeline import check_fpr_model
+
+    model, shipped = shipped_fpr
+    card = json.loads((shipped.parent / "fpr.card.json").read_text())
+    card["preprocessing"]["patch_mm"] = 0.75
+    (tmp_path / "mine.card.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match=r"mine\.keras: \[fpr\] patch_mm: .* patch_mm = 0\.75 \(their model "
+                                          r"card mine\.card\.json\), but the pipeline's \[fpr\] patch_mm is 1\.0"):
+        check_fpr_model(model, PipelineConfig(), tmp_path / "mine.keras")
+    check_fpr_model(model, PipelineConfig().with_overrides({"fpr.patch_mm": 0.75}), tmp_path / "mine.keras")
+
+    (tmp_path / "broken.card.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"broken\.card\.json: model card is not readable JSON"):
+        check_fpr_model(model, PipelineConfig(), tmp_path / "broken.keras")
+
+    with caplog.at_level(logging.WARNING, logger="lungcad"):
+        check_fpr_model(model, PipelineConfig().with_overrides({"fpr.patch_mm": 0.5}), tmp_path / "bare.keras")
+    assert "bare.keras: no model card" in caplog.text and "patch_mm" in caplog.text

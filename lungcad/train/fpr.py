@@ -21,7 +21,7 @@ import keras
 
 from lungcad.config import PipelineConfig
 from lungcad.evaluate import roc_auc
-from lungcad.fpr import (MALIGNANCY, NODULE, build_fpr_model, model_views, patch_shape,
+from lungcad.fpr import (MALIGNANCY, NODULE, PREPROCESSING, build_fpr_model, model_views, patch_shape,
                          views_for)
 from lungcad.models.registry import REGISTRY
 from lungcad.pipeline import fpr_stage
@@ -289,8 +289,9 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
                       "dropout": dropout, "views": views,
                       "inputs": {"patch": list(patch_shape(views, f.patch_size)), "scale": [1]},
                       "outputs": [NODULE, MALIGNANCY]},
-        preprocessing={"patch_size": f.patch_size, "patch_mm": f.patch_mm, "fit_fraction": f.fit_fraction,
-                       "window_hu": list(f.window_hu), "positive_fraction": positive_fraction,
+        # the [fpr] keys the weights hold for, checked when they are loaded; then training's own
+        preprocessing={**{k: _plain_value(getattr(f, k)) for k in PREPROCESSING},
+                       "positive_fraction": positive_fraction,
                        "negatives_benign": bool(negatives_benign),
                        "malignancy_loss_weight": malignancy_weight},
         data=data, settings=settings, fit_info=info, metrics=metrics, command=command)
@@ -298,3 +299,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     return TrainResult(model=net, card=card, history=history, out=out_path, card_path=card_path,
                        extra={"train_patients": sorted({x.patient_id for x in train_cases}),
                               "val_patients": sorted({x.patient_id for x in val_cases})})
+
+
+def _plain_value(v):
+    """A config value as JSON writes it (a tuple such as window_hu becomes a list)."""
+    return list(v) if isinstance(v, tuple) else v
