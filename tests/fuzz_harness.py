@@ -34,7 +34,7 @@ from lungcad.io.dicom import read_header
 from lungcad.io.itk import load_itk, read_itk_info
 from lungcad.volume import CTVolume
 
-__all__ = ["Outcome", "run_case", "HANG_S", "MEMORY_MB"]
+__all__ = ["Outcome", "run_case", "case_from_folder", "replay", "HANG_S", "MEMORY_MB"]
 
 #: The hang limit of one input (s).
 HANG_S = 30.0
@@ -311,3 +311,55 @@ def run_case(folder: str | os.PathLike, case: Case, *, outside: str | os.PathLik
     if grown > MEMORY_MB:
         out.violations.append(f"big allocation: peak memory grew {grown:.0f} MiB")
     return out
+
+
+# ============================================================================ replaying a folder
+
+def case_from_folder(folder: str | os.PathLike) -> Case:
+    """A saved input (a corpus folder, a reproducer) as a case: a folder holding an
+    ``.mhd``/``.mha``/``.nii``/``.nii.gz`` is given to the ITK reader, any other is a DICOM
+    series (``WHAT.txt``, written beside a reproducer, is left out)."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): p.read_bytes()
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "WHAT.txt"}
+    itk = [n for n in files if n.lower().endswith((".mhd", ".mha", ".nii", ".nii.gz"))]
+    if itk:
+        kind = "nifti" if itk[0].lower().endswith((".nii", ".nii.gz")) else "metaimage"
+        return Case(folder.name, kind, files, itk[0], mutated=[itk[0]])
+    return Case(folder.name, "dicom", files, "", mutated=sorted(files))
+
+
+def replay(folder: str | os.PathLike, work: str | os.PathLike, **kw) -> Outcome:
+    """Run a saved input again: copied into ``work/case``, with sentinels in
+    ``work/outside`` (see :func:`run_case` for ``kw``)."""
+    from fuzz_inputs import plant_sentinels, write_case
+
+    work = Path(work)
+    case = case_from_folder(folder)
+    outside = plant_sentinels(work / "outside")
+    return run_case(write_case(case, work / "case"), case, outside=outside, **kw)
+
+
+if __name__ == "__main__":
+    # python tests/fuzz_harness.py FOLDER...: replay saved inputs (in a process of their own,
+    # so that one that crashes the interpreter is seen as such); exit 1 if any breaks a promise
+    import argparse
+    import logging
+    import shutil
+
+    ap = argparse.ArgumentParser(description="Replay saved fuzz inputs (corpus folders, "
+                                 "reproducers) through lungcad's readers.")
+    ap.add_argument("folders", nargs="+")
+    ap.add_argument("--traced-mb", type=float, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.CRITICAL)
+    bad = 0
+    for f in args.folders:
+        work = Path(tempfile.mkdtemp(prefix="lungcad-replay-"))
+        try:
+            o = replay(f, work, traced_mb=args.traced_mb)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        bad += not o.ok
+        print(f"{f}: {o.report()}", flush=True)
+    sys.exit(1 if bad else 0)

@@ -31,6 +31,8 @@ import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
 import warnings
@@ -39,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fuzz_inputs as fi
-from fuzz_harness import Outcome, run_case
+from fuzz_harness import Outcome, case_from_folder, run_case
 from lungcad.errors import InputError
 from lungcad.io import discover, load_ct
 from lungcad.io.dicom import read_header
@@ -111,10 +113,23 @@ def env(tmp_path_factory) -> Env:
     return Env(tmp_path_factory.mktemp("fuzz"), repro)
 
 
+def _key_twice(case: fi.Case) -> bool:
+    """A MetaImage header holding a key twice: lungcad/io/itk.py checks the last value, MetaIO
+    reads the first, and SimpleITK can segfault (open: corpus case mha_ndims_twice_segfault).
+    The fuzz test, running in pytest's process, leaves these inputs out until that is fixed;
+    the campaign runs them (in worker processes that may crash)."""
+    if case.kind != "metaimage":
+        return False
+    head = case.files[case.target].split(b"ElementDataFile")[0]
+    keys = [m.group(1).strip(b" \t") for m in re.finditer(rb"(?m)^([^=:\n]*)[=:]", head)]
+    return len(keys) != len(set(keys))
+
+
 def _fuzz(env: Env, data, names, label: str) -> None:
     names = [n for n in names if n in env.seeds]
     seed = env.seeds[data.draw(st.sampled_from(names), label="seed")]
     case = fi.mutate(seed, fi.HypothesisDraws(data), outside=env.outside)
+    assume(not _key_twice(case))
     env.check(case, label, tolerate=True)
 
 
@@ -339,17 +354,10 @@ CORPUS_OPEN = {
     "nii_sform_vnl_svd_prints": "lungcad/io/itk.py: a singular sform makes ITK's VNL print "
     "'suspicious return value (3) from SVDC' and the matrix to stderr, and the file loads "
     "(reported to its owner)",
+    "mha_ndims_twice_segfault": "lungcad/io/itk.py checks the last of two NDims lines "
+    "(3), MetaIO reads the first (99999999999999999999) and SimpleITK segfaults in "
+    "ReadImageInformation (reported to its owner)",
 }
-
-
-def _corpus_case(folder: Path) -> fi.Case:
-    files = {p.relative_to(folder).as_posix(): p.read_bytes()
-             for p in sorted(folder.rglob("*")) if p.is_file()}
-    itk = [n for n in files if n.lower().endswith((".mhd", ".mha", ".nii", ".nii.gz"))]
-    if itk:
-        kind = "nifti" if itk[0].lower().endswith((".nii", ".nii.gz")) else "metaimage"
-        return fi.Case(folder.name, kind, files, itk[0], mutated=[itk[0]])
-    return fi.Case(folder.name, "dicom", files, "", mutated=sorted(files))
 
 
 _CORPUS_CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir()) if CORPUS.is_dir() else []
@@ -361,10 +369,15 @@ _CORPUS_CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir()) if CORPUS
 def test_corpus_input_gives_input_error_or_a_volume(env, name):
     """Each corpus input, with the fuzz checks and its Python/numpy allocations traced (a
     peak above 50 MiB fails: several cases once allocated gigabytes)."""
-    outcome = env.check(_corpus_case(CORPUS / name), f"corpus-{name}", traced_mb=SMALL_PEAK / 2**20)
-    if name not in CORPUS_OPEN:  # an open case passes once it keeps every promise, either way
-        assert outcome.kind == ("loaded" if name in CORPUS_LOADS else "InputError"), \
-            outcome.report()
+    if name in CORPUS_OPEN:  # in a process of its own: an open case may crash the interpreter
+        run = subprocess.run([sys.executable, str(Path(fi.__file__).with_name("fuzz_harness.py")),
+                              str(CORPUS / name)], capture_output=True, text=True, timeout=300)
+        # it passes once it keeps every promise, whether it loads or is refused
+        assert run.returncode == 0, f"exit {run.returncode}: {run.stdout[-2000:]}{run.stderr[-2000:]}"
+        return
+    outcome = env.check(case_from_folder(CORPUS / name), f"corpus-{name}",
+                        traced_mb=SMALL_PEAK / 2**20)
+    assert outcome.kind == ("loaded" if name in CORPUS_LOADS else "InputError"), outcome.report()
 
 
 def test_corpus_is_small_and_listed():
