@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fuzz_inputs as fi
@@ -68,10 +68,7 @@ SMALL_PEAK = 50 * 2**20
 #: Broken promises that are known and still open, by kind of input: the fuzz tests let them
 #: pass, and a corpus case of each (in CORPUS_OPEN, a strict xfail) fails once they are fixed,
 #: so that both marks go with the fix.
-KNOWN_OPEN = {
-    "metaimage": re.compile(r"printed on stdout/stderr: \w+ defined prior to defining NDims"),
-    "nifti": re.compile(r"printed on stdout/stderr: \S*vnl_svd"),
-}
+KNOWN_OPEN: dict[str, re.Pattern] = {}
 
 
 class Env:
@@ -113,23 +110,10 @@ def env(tmp_path_factory) -> Env:
     return Env(tmp_path_factory.mktemp("fuzz"), repro)
 
 
-def _key_twice(case: fi.Case) -> bool:
-    """A MetaImage header holding a key twice: lungcad/io/itk.py checks the last value, MetaIO
-    reads the first, and SimpleITK can segfault (open: corpus case mha_ndims_twice_segfault).
-    The fuzz test, running in pytest's process, leaves these inputs out until that is fixed;
-    the campaign runs them (in worker processes that may crash)."""
-    if case.kind != "metaimage":
-        return False
-    head = case.files[case.target].split(b"ElementDataFile")[0]
-    keys = [m.group(1).strip(b" \t") for m in re.finditer(rb"(?m)^([^=:\n]*)[=:]", head)]
-    return len(keys) != len(set(keys))
-
-
 def _fuzz(env: Env, data, names, label: str) -> None:
     names = [n for n in names if n in env.seeds]
     seed = env.seeds[data.draw(st.sampled_from(names), label="seed")]
     case = fi.mutate(seed, fi.HypothesisDraws(data), outside=env.outside)
-    assume(not _key_twice(case))
     env.check(case, label, tolerate=True)
 
 
@@ -348,16 +332,7 @@ def test_claimed_size_refused_at_once_without_a_big_allocation(env, tmp_path, na
 CORPUS_LOADS: set[str] = set()
 #: Corpus inputs that still break a promise, with the reason (strict: they fail the test
 #: once fixed, so that the mark, and the pattern in KNOWN_OPEN, are removed with the fix).
-CORPUS_OPEN = {
-    "mhd_key_before_ndims_metaio_prints": "lungcad/io/itk.py: MetaIO prints 'ElementSpacing "
-    "defined prior to defining NDims' and 3 more lines to stderr (reported to its owner)",
-    "nii_sform_vnl_svd_prints": "lungcad/io/itk.py: a singular sform makes ITK's VNL print "
-    "'suspicious return value (3) from SVDC' and the matrix to stderr, and the file loads "
-    "(reported to its owner)",
-    "mha_ndims_twice_segfault": "lungcad/io/itk.py checks the last of two NDims lines "
-    "(3), MetaIO reads the first (99999999999999999999) and SimpleITK segfaults in "
-    "ReadImageInformation (reported to its owner)",
-}
+CORPUS_OPEN: dict[str, str] = {}
 
 
 _CORPUS_CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir()) if CORPUS.is_dir() else []

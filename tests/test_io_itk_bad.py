@@ -334,6 +334,10 @@ CASES: dict[str, Case] = {
     "zraw_dimsize_smaller": Case(
         lambda s: _mhd(s, "DimSize = 32 32 6", "DimSize = 32 32 3", src="scanz.mhd"),
         ("give more than the 6144 bytes",), info=False),
+    "mhd_key_twice": Case(lambda s: _mhd(s, "NDims = 3", "NDims = 3\nNDims = 3"),
+                          ("the key NDims is given twice",)),
+    "mhd_spacing_before_ndims": Case(lambda s: _mhd(s, "NDims = 3", "ElementSpacing = 1 1 1\nNDims = 3"),
+                                     ("ElementSpacing (line", "comes before NDims")),
     # -- NIfTI
     "niigz_cut_in_half": Case(
         lambda s: _cut(s, "scan.nii.gz", (s.folder / "scan.nii.gz").stat().st_size // 2,
@@ -357,6 +361,10 @@ CASES: dict[str, Case] = {
                           ("sform",)),
     "nii_qform_inf": Case(lambda s: _nii(s, [(252, "<h", (1,)), (268, "<f", (INF,))]),
                           ("qform",)),
+    "nii_sform_singular": Case(lambda s: _nii(s, [(254, "<h", (1,)), (280, "<4f", (0.0, 0.0, 0.0, 5.0))]),
+                               ("sform", "singular")),
+    "nii_xform_code_invalid": Case(lambda s: _nii(s, [(254, "<h", (352,))]),
+                                   ("sform_code is 352", "xform code")),
     "nii_bad_magic": Case(lambda s: _nii(s, [(344, "4s", (b"xxxx",))]), ("not a NIfTI-1 file",)),
     "nii_bad_sizeof_hdr": Case(lambda s: _nii(s, [(0, "<i", (1234,))]), ("not a NIfTI file",)),
     "nii_complex": Case(lambda s: _nii(s, [(70, "<2h", (32, 64))]),

@@ -295,6 +295,11 @@ def _lines_after(path: Path, offset: int, n: int) -> list[bytes]:
     return text.split(b"\n", n)
 
 
+#: MetaImage keys whose number of values depends on NDims: MetaIO reads them only after it.
+_AFTER_NDIMS = frozenset({"DimSize", "ElementSpacing", "ElementSize", "Offset", "Position", "Origin",
+                          "TransformMatrix", "Rotation", "Orientation", "CenterOfRotation"})
+
+
 def _metaimage_header(path: Path) -> _MetaHeader:
     try:
         with open(path, "rb") as f:
@@ -350,6 +355,12 @@ def _metaimage_header(path: Path) -> _MetaHeader:
             return _MetaHeader(fields, nxt)
         if key.lower() == "elementdatafile":
             raise InputError(path, f"'{key}' (line {lineno}) must be spelt ElementDataFile")
+        if key in fields:
+            # MetaIO reads the first, a checker the last: one header, two meanings
+            raise InputError(path, f"the key {key} is given twice (line {lineno})")
+        if key in _AFTER_NDIMS and "NDims" not in fields:
+            raise InputError(path, f"{key} (line {lineno}) comes before NDims; MetaIO needs "
+                             "NDims first to read it")
         fields[key] = value
 
 
@@ -692,6 +703,15 @@ def _nifti_parse(path: Path, raw: bytes) -> dict:
                          "infinite values")
     if sform_code > 0 and not all(math.isfinite(v) for v in srow):
         raise InputError(path, "the sform (srow_x/y/z) holds NaN or infinite values")
+    for key, code in (("qform_code", qform_code), ("sform_code", sform_code)):
+        if not 0 <= code <= 5:   # NIfTI's xform codes: unknown, scanner, aligned, talairach, mni, template
+            raise InputError(path, f"{key} is {code}; expected a NIfTI xform code (0-5)")
+    if sform_code > 0:
+        m = np.array(srow, dtype=float).reshape(3, 4)[:, :3]
+        sv = np.linalg.svd(m, compute_uv=False)
+        if not sv[-1] > 1e-6 * max(sv[0], 1e-12):
+            raise InputError(path, "the sform (srow_x/y/z) is singular: it maps the voxels to "
+                             "a plane or a line, so they have no position in the patient")
     return {"sizes": sizes, "type": tname, "offset": int(vox_offset),
             "need": int(vox_offset) + n_vox * bits // 8,
             "dtype": np.dtype(tname).newbyteorder(e)}
