@@ -975,11 +975,6 @@ def _has_preamble(path: Path) -> bool:
 
 
 
-def _angle_deg(u: np.ndarray, v: np.ndarray) -> float:
-    c = abs(float(u @ v)) / (np.linalg.norm(u) * np.linalg.norm(v))
-    return math.degrees(math.acos(min(1.0, c)))
-
-
 def _same_orientation(a: np.ndarray, b: np.ndarray) -> bool:
     return (a[:3] @ b[:3] > math.cos(math.radians(MAX_ANGLE_DEG))
             and a[3:] @ b[3:] > math.cos(math.radians(MAX_ANGLE_DEG)))
