@@ -974,7 +974,6 @@ def _has_preamble(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-
 def _same_orientation(a: np.ndarray, b: np.ndarray) -> bool:
     return (a[:3] @ b[:3] > math.cos(math.radians(MAX_ANGLE_DEG))
             and a[3:] @ b[3:] > math.cos(math.radians(MAX_ANGLE_DEG)))
