@@ -309,7 +309,8 @@ def _position(value, name: str = "ImagePositionPatient") -> np.ndarray:
 def _orientation(value) -> np.ndarray:
     iop = _numbers(value, "ImageOrientationPatient", 6)
     row, col = iop[:3], iop[3:]
-    nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    with np.errstate(over="ignore", invalid="ignore"):   # 1e300: inf, and refused below
+        nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
     if abs(nr - 1) > UNIT_TOL or abs(nc - 1) > UNIT_TOL:
         raise ValueError(f"ImageOrientationPatient must hold two unit vectors (row and column "
                          f"directions); their lengths are {nr:.4g} and {nc:.4g} "

@@ -89,7 +89,7 @@ from typing import Iterator
 import numpy as np
 
 from lungcad.errors import InputError
-from lungcad.io.dicom import HU_AIR
+from lungcad.io.dicom import HU_AIR, _c_library_output
 from lungcad.io.writers import ITK_SUFFIXES
 from lungcad.volume import CTVolume
 
@@ -818,6 +818,13 @@ def _check_file(path: Path, *, deep: bool) -> tuple[str, list[str]]:
     return "NiftiImageIO", _nifti_check(path, deep=deep)
 
 
+def _printed(lines: list[str]) -> list[str]:
+    """What ITK's C++ code wrote straight to stderr (MetaIO, VNL), as scan warnings."""
+    if not lines:
+        return []
+    return [f"ITK printed: {' | '.join(lines)[:300]}"]
+
+
 def _read_information(path: Path, reader) -> dict:
     """Geometry from ``reader`` after ReadImageInformation, checked."""
     try:
@@ -874,9 +881,10 @@ def read_itk_info(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     imageio, warnings = _check_file(path, deep=False)
-    with capture_sitk_messages() as messages:
+    printed: list[str] = []
+    with _c_library_output(printed), capture_sitk_messages() as messages:
         info = _read_information(path, _reader(path, imageio))
-    info["warnings"] = warnings + [f"SimpleITK: {m}" for m in messages]
+    info["warnings"] = warnings + [f"SimpleITK: {m}" for m in messages] + _printed(printed)
     return info
 
 
@@ -917,7 +925,8 @@ def load_itk(path: str | os.PathLike) -> CTVolume:
     path = Path(path)
     imageio, warnings = _check_file(path, deep=True)
     reader = _reader(path, imageio)
-    with capture_sitk_messages() as messages:
+    printed: list[str] = []
+    with _c_library_output(printed), capture_sitk_messages() as messages:
         info = _read_information(path, reader)
         try:
             img = reader.Execute()
@@ -931,7 +940,7 @@ def load_itk(path: str | os.PathLike) -> CTVolume:
     if hu.shape != info["shape"]:
         raise InputError(path, f"SimpleITK read {hu.shape} voxels but the header says "
                          f"{info['shape']}")
-    warnings = warnings + [f"SimpleITK: {m}" for m in messages]
+    warnings = warnings + [f"SimpleITK: {m}" for m in messages] + _printed(printed)
     stem = itk_stem(path)
     meta = {
         "reader": "simpleitk",
