@@ -1251,7 +1251,10 @@ def _read_simpleitk(plan: StackPlan, headers: dict[Path, DicomFileHeader]
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's warnings would go to stderr raw
     try:
         if plan.slices[0].frame is None:
+            # GDCM only: left to probe, the other ImageIOs read a corrupt DICOM file as their own
+            # format and allocate what it seems to claim (1.2 GB for a 4 KB fuzzed RLE file)
             reader = sitk.ImageSeriesReader()
+            reader.SetImageIO("GDCMImageIO")
             reader.SetFileNames([str(p) for p in files])
             arr = sitk.GetArrayFromImage(reader.Execute())
             if arr.ndim != 3 or len(arr) != len(files):
@@ -1260,7 +1263,7 @@ def _read_simpleitk(plan: StackPlan, headers: dict[Path, DicomFileHeader]
             by_file = {p: arr[i] for i, p in enumerate(files)}
             get = lambda s: by_file[s.path]  # noqa: E731
         else:
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(files[0])))
+            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(files[0]), imageIO="GDCMImageIO"))
             n = headers[files[0]].n_frames
             if arr.ndim != 3 or len(arr) != n:
                 raise InputError(files[0], f"SimpleITK/GDCM read {arr.shape} voxels; the header "
@@ -1409,7 +1412,11 @@ def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.Pat
             vol, n_pad, n_low = _read_pydicom(plan, by_path, decode_notes)
         except _DecodeFailure as e:
             failure = e
-        if failure is not None and _is_compressed(by_path[failure.path].transfer_syntax):
+        # GDCM is tried for a compressed file that pydicom's decoders failed on, not for one
+        # that lacks an element the pixels need (a header problem GDCM cannot mend; GDCM's
+        # own parser allocated 1.2 GB for such a 4 KB fuzzed RLE file)
+        if (failure is not None and _is_compressed(by_path[failure.path].transfer_syntax)
+                and not isinstance(failure.cause, (AttributeError, KeyError))):
             try:
                 vol, n_pad, n_low = _read_simpleitk(plan, by_path)
                 reader = "simpleitk"
