@@ -108,6 +108,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     from lungcad.outputs import cell_value
     from lungcad.train.common import sha256
 
+    commit = _commit()   # the code this run loads, before a long run lets other commits land
     spec = family_spec(name, patients=patients, size=size)
     out = Path(out_dir)
     data = write_family(out / "data", spec, progress=progress)
@@ -133,7 +134,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     result = {
         "family": spec, "full_family": spec["patients"] == FAMILIES[name]["patients"]
         and spec["size"] == FAMILIES[name]["size"],
-        "commit": _commit(), "weights": weights, "config_hash": cfg.hash(),
+        "commit": commit, "weights": weights, "config_hash": cfg.hash(),
         "scans": {"done": run.get("done"), "failed": run.get("failed"), "scored": len(uids)},
         "froc": {"cpm": froc_d.get("cpm"), "ci": froc_d.get("ci"), "sensitivities": froc_d.get("sensitivities"),
                  "n_nodules": fr.n_nodules, "n_scans": fr.n_scans},
