@@ -10,7 +10,6 @@ what the batch must do with it.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -18,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-import pydicom.config
 
+from fuzz_inputs import lenient_pydicom
 from lungcad.io import load_ct, write_itk
 from lungcad.synthetic import synth_dataset
 
@@ -62,19 +61,6 @@ class Case:
     not_words: str = r"Traceback|TypeError|ValueError|OverflowError|KeyError|IndexError|unexpected"
 
 
-@contextlib.contextmanager
-def _lenient_pydicom():
-    """Let pydicom write (and read back) values that its validation refuses: NaN, 0, a UID
-    with quotes.  Those are exactly what the corpus needs."""
-    s = pydicom.config.settings
-    old = s.reading_validation_mode, s.writing_validation_mode
-    s.reading_validation_mode = s.writing_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        s.reading_validation_mode, s.writing_validation_mode = old
-
-
 def synth_series(root: Path) -> Path:
     """The folder of the one DICOM series that ``lungcad synth`` writes under ``root``."""
     synth_dataset(root, layout="dicom", **SYNTH)
@@ -87,7 +73,7 @@ def copy_series(src: Path, dst: Path, k: int, edit=None, *, patient_id: str | No
     ``edit(ds, i)`` applied to each file (i: the file's rank by name)."""
     dst.mkdir(parents=True)
     series_uid = f"{UID_ROOT}.{k}"
-    with _lenient_pydicom():
+    with lenient_pydicom():
         for i, f in enumerate(sorted(src.glob("*.dcm"))):
             ds = pydicom.dcmread(f)
             ds.PatientID = patient_id if patient_id is not None else dst.name
@@ -154,7 +140,7 @@ def build_corpus(root: Path, *, outside: Path) -> list[Case]:
     # one single-frame file that claims 65,536 frames (checked before anything is allocated)
     frames = root / "numberofframes_65536"
     frames.mkdir()
-    with _lenient_pydicom():
+    with lenient_pydicom():
         ds = pydicom.dcmread(sorted(src.glob("*.dcm"))[0])
         ds.PatientID = ds.PatientName = frames.name
         ds.SeriesInstanceUID = f"{UID_ROOT}.{len(cases)}"

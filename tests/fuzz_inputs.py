@@ -171,7 +171,8 @@ def _volume(series_uid: str = SERIES_UID) -> CTVolume:
 
 
 @contextlib.contextmanager
-def _lenient_pydicom():
+def lenient_pydicom():
+    """Let pydicom write (and read back) values its validation refuses: NaN, 0, odd UIDs."""
     s = pydicom.config.settings
     old = s.reading_validation_mode, s.writing_validation_mode
     s.reading_validation_mode = s.writing_validation_mode = pydicom.config.IGNORE
@@ -181,7 +182,7 @@ def _lenient_pydicom():
         s.reading_validation_mode, s.writing_validation_mode = old
 
 
-def _bare(path: Path, *, little: bool, implicit: bool) -> bytes:
+def bare_dataset(path: Path, *, little: bool, implicit: bool) -> bytes:
     """The data set of ``path`` without preamble and file meta, in the given encoding."""
     ds = pydicom.dcmread(path)
     if not little:
@@ -219,7 +220,7 @@ def _dicom_seeds(folder: Path) -> list[Seed]:
     d, files = series("series_src")
     for name, little, implicit in (("series_implicit_nometa", True, True),
                                    ("series_bigendian_nometa", False, False)):
-        data = {f.stem: _bare(f, little=little, implicit=implicit) for f in files}
+        data = {f.stem: bare_dataset(f, little=little, implicit=implicit) for f in files}
         out.append(Seed(name, "dicom", data, "", tuple(data)))
     for name, kw in (("enhanced", {}), ("enhanced_rle", {"compress": "rle"}),
                      ("classic_multiframe", {"enhanced": False})):
@@ -242,7 +243,7 @@ def _pydicom_seeds(folder: Path) -> list[Seed]:
         src = get_testdata_file("CT_small.dcm", download=False)
     if src is not None:  # CT_small (a GE header) as a 3-slice series
         files = {}
-        with _lenient_pydicom():
+        with lenient_pydicom():
             for k in range(3):
                 ds = pydicom.dcmread(src)
                 ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [

@@ -248,7 +248,7 @@ def test_harness_reports_slow_inputs_hangs_warnings_and_printing(env, monkeypatc
 # ------------------------------------------------- claimed sizes checked before allocation
 
 def _pydicom_edit(path: Path, **elements) -> None:
-    with fi._lenient_pydicom():
+    with fi.lenient_pydicom():
         ds = pydicom.dcmread(path)
         for name, value in elements.items():
             setattr(ds, name, value)

@@ -17,9 +17,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 
+from fuzz_inputs import bare_dataset
 from lungcad.errors import InputError
 from lungcad.io import discover, load_ct, write_dicom_multiframe, write_dicom_series
 from lungcad.io.dicom import SliceHeader, is_valid_uid, looks_like_dicom, plan_stack
@@ -73,15 +72,8 @@ def _refused(path: Path) -> InputError:
 
 def _without_meta(path: Path, *, little: bool, implicit: bool) -> Path:
     """Rewrite a file as a bare data set (no preamble, no file meta) named without a suffix."""
-    ds = pydicom.dcmread(path)
-    if not little:
-        arr = ds.pixel_array
-        ds.PixelData = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = little, implicit
-    write_dataset(buf, pydicom.Dataset(ds))
     out = path.with_suffix("")
-    out.write_bytes(buf.getvalue())
+    out.write_bytes(bare_dataset(path, little=little, implicit=implicit))
     path.unlink()
     return out
 
@@ -321,8 +313,7 @@ def test_data_sets_without_preamble_are_read(tmp_path, little, implicit):
 @pytest.fixture
 def big_endian_rt_plan(tmp_path) -> Path:
     src = get_testdata_file("ExplVR_BigEndNoMeta.dcm", download=False)
-    if src is None:
-        pytest.skip("pydicom's test file ExplVR_BigEndNoMeta.dcm is not installed")
+    assert src is not None, "pydicom's test file ExplVR_BigEndNoMeta.dcm is not installed (pydicom ships it)"
     dst = tmp_path / "plan" / "IMG0001"  # no suffix: recognised from its first bytes
     dst.parent.mkdir()
     shutil.copyfile(src, dst)
