@@ -32,7 +32,7 @@ def main() -> None:
         if not s.usable:
             continue
         vol = load_series(s)
-        lung = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction).mask
+        lung = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction).mask
         ex = exclusions_for(table, series_uid=s.series_uid, names=[Path(s.path).name])
         neg = mine_background_negatives(vol, lung, rng=np.random.default_rng(a.seed), n=a.n, exclude_xyz_mm=ex)
         tiles.append(montage(vol, neg, cols=8))

@@ -28,14 +28,15 @@ def context_indices(n_slices: int, context_slices: int) -> np.ndarray:
     return np.clip(np.arange(n_slices)[:, None] + offsets[None, :], 0, n_slices - 1)
 
 
-def inplane_zoom(spacing, pixel_mm: float) -> tuple[float, float]:
-    """Zoom factors (y, x) that take a slice from its spacing to ``pixel_mm`` (1.0 when 0)."""
+def inplane_zoom(spacing_zyx, pixel_mm: float) -> tuple[float, float]:
+    """Zoom factors (y, x) that take a slice from its spacing (``spacing_zyx``: z, y, x in mm) to
+    ``pixel_mm`` (1.0 when 0)."""
     if not pixel_mm:
         return 1.0, 1.0
-    return float(spacing[1]) / pixel_mm, float(spacing[2]) / pixel_mm
+    return float(spacing_zyx[1]) / pixel_mm, float(spacing_zyx[2]) / pixel_mm
 
 
-def prepare_slices(hu: np.ndarray, *, spacing, context_slices: int = 1, pixel_mm: float = 1.25,
+def prepare_slices(hu: np.ndarray, *, spacing_zyx, context_slices: int = 1, pixel_mm: float = 1.25,
                    window_hu=(-1000.0, 400.0), tile: int = 16) -> tuple[np.ndarray, tuple[int, int]]:
     """Turn a (z, y, x) HU block into network input (z, Y, X, 2c+1), float32 in [0, 1].
 
@@ -43,7 +44,8 @@ def prepare_slices(hu: np.ndarray, *, spacing, context_slices: int = 1, pixel_mm
     ----------
     hu : ndarray (z, y, x)
         HU block, usually the lung box of a volume.
-    spacing : (z, y, x) mm
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
     context_slices : int
         Neighbours on each side as extra channels (0 = plain 2D).
     pixel_mm : float
@@ -58,7 +60,7 @@ def prepare_slices(hu: np.ndarray, *, spacing, context_slices: int = 1, pixel_mm
         The resampled size before padding, to undo the padding later.
     """
     w = window(hu, window_hu)
-    zy, zx = inplane_zoom(spacing, pixel_mm)
+    zy, zx = inplane_zoom(spacing_zyx, pixel_mm)
     if (zy, zx) != (1.0, 1.0):
         w = ndimage.zoom(w, (1.0, zy, zx), order=1, prefilter=False, grid_mode=True, mode="nearest")
     size = (w.shape[1], w.shape[2])
@@ -70,7 +72,7 @@ def prepare_slices(hu: np.ndarray, *, spacing, context_slices: int = 1, pixel_mm
     return np.ascontiguousarray(np.moveaxis(w[idx], 1, -1)), size
 
 
-def predict_probability_map(hu: np.ndarray, *, spacing, model, box=None, context_slices: int = 1,
+def predict_probability_map(hu: np.ndarray, *, spacing_zyx, model, box=None, context_slices: int = 1,
                             pixel_mm: float = 1.25, window_hu=(-1000.0, 400.0), batch_size: int = 8,
                             tile: int = 16, chunk_slices: int = 64) -> np.ndarray:
     """Run the candidate U-Net over a volume and return a probability map aligned with it.
@@ -78,7 +80,8 @@ def predict_probability_map(hu: np.ndarray, *, spacing, model, box=None, context
     Parameters
     ----------
     hu : ndarray (z, y, x)
-    spacing : (z, y, x) mm
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
     model : callable
         A Keras model (or any callable) mapping (n, Y, X, 2c+1) float32 to (n, Y, X, 1)
         probabilities.  Toy functions work too, which is how the plumbing is tested.
@@ -104,7 +107,7 @@ def predict_probability_map(hu: np.ndarray, *, spacing, model, box=None, context
         # read c slices of context on both sides so chunk edges see real neighbours
         lo, hi = max(start - c, 0), min(stop + c, hu.shape[0])
         block = hu[lo:hi, box[1], box[2]]
-        x, size = prepare_slices(block, spacing=spacing, context_slices=c, pixel_mm=pixel_mm,
+        x, size = prepare_slices(block, spacing_zyx=spacing_zyx, context_slices=c, pixel_mm=pixel_mm,
                                  window_hu=window_hu, tile=tile)
         x = x[start - lo: start - lo + (stop - start)]
         prob = _run(model, x, batch_size)[..., 0][:, :size[0], :size[1]]

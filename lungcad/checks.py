@@ -10,12 +10,13 @@ import numpy as np
 __all__ = ["check_distance", "check_spacing", "check_volume"]
 
 
-def check_spacing(spacing) -> np.ndarray:
-    """``spacing`` as a float array of 3 finite positive values in mm, (z, y, x)."""
+def check_spacing(spacing, name: str = "spacing") -> np.ndarray:
+    """``spacing`` as a float array of 3 finite positive values in mm, (z, y, x); ``name`` is
+    the argument's name in the error (``spacing_zyx`` for the stage functions)."""
     sp = np.asarray(spacing, dtype=float).reshape(-1)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or sp.min() <= 0:
-        raise ValueError(f"spacing: expected 3 positive values in mm, (z, y, x). "
-                         f"Received spacing={spacing!r}")
+        raise ValueError(f"{name}: expected 3 positive values in mm, (z, y, x). "
+                         f"Received {name}={spacing!r}")
     return sp
 
 

@@ -112,7 +112,7 @@ def patch_spacing(diameters_mm, *, patch_size: int = 32, patch_mm: float = 1.0,
     return np.maximum(patch_mm, d / (fit_fraction * patch_size))
 
 
-def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=None,
+def extract_patches(hu: np.ndarray, centres_xyz, *, spacing_zyx, origin_xyz, direction=None,
                     scales_mm, patch_size: int = 32, window_hu=(-1000.0, 400.0),
                     rotation=None, views: str = "orthogonal") -> np.ndarray:
     """Sample isotropic cubes (N, P, P, P, 1), or orthogonal views (N, P, P, 3), float32
@@ -122,7 +122,11 @@ def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=N
     ----------
     hu : ndarray (z, y, x)
     centres_xyz : array (N, 3), world mm (x, y, z)
-    spacing, origin, direction : the volume geometry (see :mod:`lungcad.volume`)
+    spacing_zyx : (z, y, x) mm, the voxel spacing
+    origin_xyz : (x, y, z) mm, the world position (LPS) of voxel (0, 0, 0)
+    direction : 3x3, optional
+        Columns are the world directions of the x, y, z index axes (identity when None);
+        see :mod:`lungcad.volume`.
     scales_mm : array (N,), the spacing of each cube in mm per voxel
     patch_size : int
     rotation : array (N, 3, 3), optional
@@ -134,12 +138,12 @@ def extract_patches(hu: np.ndarray, centres_xyz, *, spacing, origin, direction=N
 
     The cube's axes are world z, y, x; outside the scan is air.
     """
-    return _sample_patches(window(hu, window_hu), centres_xyz, spacing=spacing, origin=origin,
-                           direction=direction, scales_mm=scales_mm, patch_size=patch_size,
-                           rotation=rotation, views=views)
+    return _sample_patches(window(hu, window_hu), centres_xyz, spacing_zyx=spacing_zyx,
+                           origin_xyz=origin_xyz, direction=direction, scales_mm=scales_mm,
+                           patch_size=patch_size, rotation=rotation, views=views)
 
 
-def _sample_patches(w: np.ndarray, centres_xyz, *, spacing, origin, direction, scales_mm, patch_size: int,
+def _sample_patches(w: np.ndarray, centres_xyz, *, spacing_zyx, origin_xyz, direction, scales_mm, patch_size: int,
                     rotation, views: str) -> np.ndarray:
     """:func:`extract_patches` from an already windowed volume ``w``."""
     centres = np.atleast_2d(np.asarray(centres_xyz, dtype=float))
@@ -152,7 +156,7 @@ def _sample_patches(w: np.ndarray, centres_xyz, *, spacing, origin, direction, s
         off = offsets * scales[i]
         if rotation is not None:
             off = off @ np.asarray(rotation[i]).T
-        zyx = world_to_voxel(centres[i] + off, spacing=spacing, origin=origin, direction=direction)
+        zyx = world_to_voxel(centres[i] + off, spacing=spacing_zyx, origin=origin_xyz, direction=direction)
         vals = ndimage.map_coordinates(w, zyx.T, order=1, mode="constant", cval=0.0, prefilter=False)
         if views == "cube":
             out[i, ..., 0] = vals.reshape(P, P, P)
@@ -247,8 +251,8 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
             n = len(sel)
             # every view of the batch in one sampling call and one network call, view-major:
             # (views x candidates) patches, then the mean per candidate
-            patches = _sample_patches(w, np.tile(centres[sel], (r, 1)), spacing=volume.spacing,
-                                      origin=volume.origin, direction=volume.direction,
+            patches = _sample_patches(w, np.tile(centres[sel], (r, 1)),
+                                      spacing_zyx=volume.spacing, origin_xyz=volume.origin, direction=volume.direction,
                                       scales_mm=np.tile(scales[sel], r), patch_size=patch_size,
                                       rotation=np.repeat(rots, n, axis=0), views=views)
             log_scale = np.log2(np.tile(scales[sel], r))[:, None].astype(np.float32)

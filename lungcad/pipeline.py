@@ -143,10 +143,10 @@ def lung_stage(volume: CTVolume, config: PipelineConfig):
     from lungcad import lungmask
 
     c = config.lungmask
-    lm = lungmask.segment_lungs(volume.hu, spacing=volume.spacing, direction=volume.direction,
+    lm = lungmask.segment_lungs(volume.hu, spacing_zyx=volume.spacing, direction=volume.direction,
                                 threshold_hu=c.threshold_hu, plausible_litres=tuple(c.plausible_litres),
                                 closing_mm=c.closing_mm, mass_mm=c.mass_mm)
-    return lm, lungmask.lung_box(lm.mask, spacing=volume.spacing, margin_mm=c.margin_mm)
+    return lm, lungmask.lung_box(lm.mask, spacing_zyx=volume.spacing, margin_mm=c.margin_mm)
 
 
 def candidate_stage(volume: CTVolume, segmenter, box, config: PipelineConfig) -> np.ndarray:
@@ -155,7 +155,7 @@ def candidate_stage(volume: CTVolume, segmenter, box, config: PipelineConfig) ->
 
     c = config.candidates
     return candidates.predict_probability_map(
-        volume.hu, spacing=volume.spacing, model=segmenter, box=box, context_slices=c.context_slices,
+        volume.hu, spacing_zyx=volume.spacing, model=segmenter, box=box, context_slices=c.context_slices,
         pixel_mm=c.pixel_mm, window_hu=c.window_hu, batch_size=c.batch_size, tile=c.tile)
 
 
@@ -165,7 +165,7 @@ def morphology_stage(volume: CTVolume, prob: np.ndarray, lung_mask, config: Pipe
     from lungcad import morphology
 
     return morphology.extract_candidates(
-        prob, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
+        prob, spacing_zyx=volume.spacing, origin_xyz=volume.origin, direction=volume.direction,
         series_uid=volume.series_uid, mask=lung_mask, **dataclasses.asdict(config.morphology))
 
 

@@ -35,7 +35,7 @@ def test_context_indices_repeat_edges():
                                                ((1.0, 1.0, 1.0), 0)])
 def test_prepare_slices_shape_and_padding(spacing, pixel_mm):
     hu = np.full((6, 100, 90), -1000, np.int16)
-    x, size = prepare_slices(hu, spacing=spacing, context_slices=2, pixel_mm=pixel_mm, tile=16)
+    x, size = prepare_slices(hu, spacing_zyx=spacing, context_slices=2, pixel_mm=pixel_mm, tile=16)
     assert x.shape[0] == 6 and x.shape[-1] == 5
     assert x.shape[1] % 16 == 0 and x.shape[2] % 16 == 0
     expect = (round(100 * spacing[1] / pixel_mm), round(90 * spacing[2] / pixel_mm)) if pixel_mm else (100, 90)
@@ -49,7 +49,7 @@ def test_probability_map_is_aligned_with_the_volume(spacing):
     centre = (12 * spacing[0], 70 * spacing[1], 80 * spacing[2])
     hu = sphere_volume(shape, spacing, centre, radius_mm=8.0)
     box = (slice(2, 22), slice(20, 150), slice(10, 140))
-    prob = predict_probability_map(hu, spacing=spacing, model=toy_unet, box=box, context_slices=1,
+    prob = predict_probability_map(hu, spacing_zyx=spacing, model=toy_unet, box=box, context_slices=1,
                                    pixel_mm=1.25, batch_size=4, chunk_slices=7)
     assert prob.shape == hu.shape and prob.dtype == np.float32
     assert prob.max() == pytest.approx(1.0)
@@ -70,6 +70,6 @@ def test_keras_model_is_called_with_predict():
     out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="head")(inp)
     model = keras.Model(inp, out)
     hu = np.full((5, 40, 40), -1000, np.int16)
-    prob = predict_probability_map(hu, spacing=(2.0, 1.0, 1.0), model=model, pixel_mm=0, batch_size=2)
+    prob = predict_probability_map(hu, spacing_zyx=(2.0, 1.0, 1.0), model=model, pixel_mm=0, batch_size=2)
     assert prob.shape == hu.shape
     assert 0.0 <= prob.min() <= prob.max() <= 1.0

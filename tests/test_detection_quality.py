@@ -165,7 +165,7 @@ def test_fpr_ranks_nodules_above_vessel_crossings(pipeline):
             d = table["diameter_mm"].to_numpy(float)
             scales = patch_spacing(d, patch_size=cfg.patch_size, patch_mm=cfg.patch_mm, fit_fraction=cfg.fit_fraction)
             patches = extract_patches(vol.hu, table[["coordX", "coordY", "coordZ"]].to_numpy(float),
-                                      spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
+                                      spacing_zyx=vol.spacing, origin_xyz=vol.origin, direction=vol.direction,
                                       scales_mm=scales, patch_size=cfg.patch_size, window_hu=cfg.window_hu,
                                       views=pipeline.fpr_views)
             out = pipeline.classifier.predict_on_batch(

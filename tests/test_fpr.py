@@ -20,7 +20,7 @@ def blob_volume(direction=np.eye(3)):
                                        np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, -1]])])
 def test_patch_is_centred_on_the_world_position(direction):
     vol, centre = blob_volume(direction)
-    p = extract_patches(vol.hu, centre[None], spacing=vol.spacing, origin=vol.origin,
+    p = extract_patches(vol.hu, centre[None], spacing_zyx=vol.spacing, origin_xyz=vol.origin,
                         direction=vol.direction, scales_mm=[1.0], patch_size=16, views="cube")
     assert p.shape == (1, 16, 16, 16, 1)
     bright = np.argwhere(p[0, ..., 0] > 0.5)
@@ -35,7 +35,7 @@ def test_masses_are_seen_at_a_coarser_scale():
 
 def test_rotation_by_identity_changes_nothing():
     vol, centre = blob_volume()
-    kw = dict(spacing=vol.spacing, origin=vol.origin, scales_mm=[1.0], patch_size=12, views="cube")
+    kw = dict(spacing_zyx=vol.spacing, origin_xyz=vol.origin, scales_mm=[1.0], patch_size=12, views="cube")
     a = extract_patches(vol.hu, centre[None], **kw)
     b = extract_patches(vol.hu, centre[None], rotation=np.eye(3)[None], **kw)
     np.testing.assert_array_equal(a, b)
@@ -126,7 +126,7 @@ def test_orthogonal_views_tell_a_sphere_from_a_vessel():
     sphere = np.where((zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 24) ** 2 <= 6 ** 2, 40, -900).astype(np.int16)
     vessel = np.where((yy - 24) ** 2 + (xx - 24) ** 2 <= 3 ** 2, 40, -900).astype(np.int16)
     centre = np.array([[24.0, 24.0, 24.0]])
-    kw = dict(spacing=spacing, origin=(0.0, 0.0, 0.0), scales_mm=[1.0], patch_size=24, views="orthogonal")
+    kw = dict(spacing_zyx=spacing, origin_xyz=(0.0, 0.0, 0.0), scales_mm=[1.0], patch_size=24, views="orthogonal")
     s = extract_patches(sphere, centre, **kw)
     v = extract_patches(vessel, centre, **kw)
     assert s.shape == v.shape == (1, 24, 24, 3)
@@ -135,7 +135,7 @@ def test_orthogonal_views_tell_a_sphere_from_a_vessel():
     vessel_area = (v[0] > 0.5).sum(axis=(0, 1))
     assert vessel_area[0] < 40 and vessel_area[1] == vessel_area[2] >= 24 * 5
     # the views are planes of the cube: axial = the cube's centre slice, rows y and columns x
-    cube = extract_patches(sphere, centre - [[0.0, 0.0, 0.5]], spacing=spacing, origin=(0.0, 0.0, 0.0),
+    cube = extract_patches(sphere, centre - [[0.0, 0.0, 0.5]], spacing_zyx=spacing, origin_xyz=(0.0, 0.0, 0.0),
                            scales_mm=[1.0], patch_size=24, views="cube")[0, ..., 0]
     np.testing.assert_allclose(s[0, :, :, 0], cube[12], atol=1e-6)
 

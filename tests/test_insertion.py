@@ -163,7 +163,7 @@ def phantom():
 
     ph = generate_phantom(seed=4, shape=(40, 256, 256), spacing=(2.5, 1.0, 1.0), psf_mm=1.0, noise_hu=20.0,
                           kernel="soft", n_nodules=0, n_masses=0, n_micronodules=0)
-    lung = segment_lungs(ph.volume.hu, spacing=ph.volume.spacing).mask
+    lung = segment_lungs(ph.volume.hu, spacing_zyx=ph.volume.spacing).mask
     return ph.volume, lung
 
 
@@ -252,7 +252,7 @@ def popi(real_data):
     if not d.is_dir():
         pytest.skip(f"POPI background not found at {d}")
     vol = load_series(discover(d, errors=[])[0])
-    lung = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction).mask
+    lung = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction).mask
     return vol, lung
 
 

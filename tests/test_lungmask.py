@@ -38,7 +38,7 @@ def petct(request, petct_dir):
     boxes = pd.read_csv(petct_dir / "annotations_index.csv")
     boxes = boxes[boxes["series_instance_uid"] == vol.series_uid]
     assert len(boxes) >= 8
-    lm = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction)
+    lm = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction)
     return request.param, vol, boxes, lm
 
 
@@ -46,7 +46,7 @@ def petct(request, petct_dir):
 def lidc(lidc_dir):
     vol = load_ct(lidc_dir / "LIDC-IDRI-0003")
     nodules = pd.read_csv(lidc_dir / "annotations_consensus.csv")
-    lm = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction)
+    lm = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction)
     return vol, nodules, lm
 
 
@@ -69,7 +69,7 @@ def test_a_threshold_mask_loses_the_petct_tumours(petct_dir):
     vol = load_ct(petct_dir / PETCT_SERIES["A0001-B"])
     boxes = pd.read_csv(petct_dir / "annotations_index.csv")
     boxes = boxes[boxes["series_instance_uid"] == vol.series_uid]
-    plain = segment_lungs(vol.hu, spacing=vol.spacing, closing_mm=0, mass_mm=0)
+    plain = segment_lungs(vol.hu, spacing_zyx=vol.spacing, closing_mm=0, mass_mm=0)
     hits = inside(plain.mask, vol, boxes[["center_x_mm", "center_y_mm", "z_mm"]].to_numpy())
     assert hits.sum() <= 2
 
@@ -109,7 +109,7 @@ def test_lidc_as_thick_slices(lidc):
     thick = vol.hu[:n].reshape(n // 3, 3, *vol.shape[1:]).mean(axis=1).astype(np.int16)
     origin = np.array(vol.origin) + np.array([0, 0, vol.spacing[0]])   # centre of each triple
     tv = CTVolume(thick, (3 * vol.spacing[0],) + vol.spacing[1:], tuple(origin))
-    lm = segment_lungs(tv.hu, spacing=tv.spacing)
+    lm = segment_lungs(tv.hu, spacing_zyx=tv.spacing)
     assert not lm.fallback
     assert inside(lm.mask, tv, nodules[["x_mm", "y_mm", "z_mm"]].to_numpy()).all()
     assert 2000 <= lm.volume_ml <= 8000
@@ -118,7 +118,7 @@ def test_lidc_as_thick_slices(lidc):
 @pytest.mark.real
 def test_reversed_slice_order_with_direction_gives_the_same_mask(lidc):
     vol, _, lm = lidc
-    flipped = segment_lungs(vol.hu[::-1], spacing=vol.spacing, direction=np.diag([1, 1, -1]))
+    flipped = segment_lungs(vol.hu[::-1], spacing_zyx=vol.spacing, direction=np.diag([1, 1, -1]))
     assert flipped.info["trachea_found"] and flipped.info["n_lungs"] == 2
     a, b = flipped.mask, lm.mask[::-1]
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.995
@@ -138,7 +138,7 @@ def test_phantom_lungs_dice_and_lesions_inside(seed, slice_mm):
     ph = synthetic.generate_phantom(seed=seed, shape=(None, 256, 256), slice_mm=slice_mm,
                                     lesions=PHANTOM_LESIONS)
     vol = ph.volume
-    lm = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction)
+    lm = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction)
     truth = ph.lung_mask()
     dice = 2 * (lm.mask & truth).sum() / (lm.mask.sum() + truth.sum())
     assert dice >= 0.95, dice
@@ -184,7 +184,7 @@ def test_heart_liver_dome_and_stomach_are_outside_the_mask_of_every_real_series(
     assert len(series) == 7 and len({p for p, _ in series}) == 5
     for patient, path in series:
         vol = load_ct(path)
-        lm = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction)
+        lm = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction)
         assert not lm.fallback, (path.name, lm.warnings)
         dist_out = ndimage.distance_transform_edt(~lm.mask, sampling=vol.spacing)
         for organ, xyz in ORGAN_POINTS[patient].items():
@@ -219,7 +219,7 @@ def _dome_and_mass_phantom():
 
 def test_a_dome_rising_from_below_stays_out_and_a_mediastinal_mass_stays_in():
     hu, sp, dome, mass = _dome_and_mass_phantom()
-    lm = segment_lungs(hu, spacing=sp)
+    lm = segment_lungs(hu, spacing_zyx=sp)
     assert not lm.fallback
     assert lm.mask[mass].mean() >= 0.85          # measured 0.87, as without the organ rule
     # without the rule the ball closing takes in 71 % of the dome; with it 8 %, all of it the
@@ -233,7 +233,7 @@ def test_a_dome_rising_from_below_stays_out_and_a_mediastinal_mass_stays_in():
 
 def test_all_soft_tissue_falls_back_to_the_body_box():
     hu = np.full((12, 40, 50), 40, np.int16)
-    lm = segment_lungs(hu, spacing=(5.0, 1.0, 1.0))
+    lm = segment_lungs(hu, spacing_zyx=(5.0, 1.0, 1.0))
     assert lm.fallback and len(lm.warnings) == 1 and "no lung found" in lm.warnings[0]
     assert lm.mask.all()      # the body fills the volume
     assert lm.volume_ml == pytest.approx(12 * 40 * 50 * 5.0 / 1000)
@@ -241,7 +241,7 @@ def test_all_soft_tissue_falls_back_to_the_body_box():
 
 def test_all_air_falls_back_to_the_whole_volume():
     hu = np.full((10, 32, 32), -1000, np.int16)
-    lm = segment_lungs(hu, spacing=(2.5, 0.8, 0.8))
+    lm = segment_lungs(hu, spacing_zyx=(2.5, 0.8, 0.8))
     assert lm.fallback and "no body found" in lm.warnings[0]
     assert lm.mask.all()
 
@@ -253,7 +253,7 @@ def test_small_air_pocket_is_implausible_and_gives_the_body_box():
     body = ((y - 60) / 45.0) ** 2 + ((x - 80) / 60.0) ** 2 <= 1
     hu[body] = 30
     hu[(z - 20) ** 2 + (y - 60) ** 2 + (x - 80) ** 2 <= 100] = -900
-    lm = segment_lungs(hu, spacing=(1.0, 1.0, 1.0))
+    lm = segment_lungs(hu, spacing_zyx=(1.0, 1.0, 1.0))
     assert lm.fallback and "implausible lung volume" in lm.warnings[0]
     assert lm.info["segmented_volume_ml"] == pytest.approx(4.2, abs=1.0)
     ys, xs = np.nonzero(body[0])
@@ -267,7 +267,7 @@ def test_plausible_range_is_a_parameter():
     hu = np.full((40, 120, 160), -1000, np.int16)
     hu[((y - 60) / 45.0) ** 2 + ((x - 80) / 60.0) ** 2 <= 1] = 30
     hu[(z - 20) ** 2 + (y - 60) ** 2 + (x - 80) ** 2 <= 100] = -900
-    lm = segment_lungs(hu, spacing=(1.0, 1.0, 1.0), plausible_litres=(0.001, 1.0))
+    lm = segment_lungs(hu, spacing_zyx=(1.0, 1.0, 1.0), plausible_litres=(0.001, 1.0))
     assert not lm.fallback
     assert lm.volume_ml == pytest.approx(4.2, abs=1.0)
 
@@ -276,7 +276,7 @@ def test_plausible_range_is_a_parameter():
 def test_tiny_and_flat_volumes_do_not_crash(shape):
     rng = np.random.default_rng(0)
     hu = rng.integers(-1100, 400, size=shape).astype(np.int16)
-    lm = segment_lungs(hu, spacing=(2.0, 0.7, 0.7))
+    lm = segment_lungs(hu, spacing_zyx=(2.0, 0.7, 0.7))
     assert lm.mask.shape == shape and lm.mask.any()
 
 
@@ -290,7 +290,7 @@ def test_float_input_with_nan_and_fov_padding():
     for cx in (40, 88):
         hu[((y - 64) / 35.0) ** 2 + ((x - cx) / 18.0) ** 2 + ((z - 15) / 14.0) ** 2 <= 1] = -850
     hu[0, 0, :5] = np.nan
-    lm = segment_lungs(hu, spacing=(5.0, 2.0, 2.0))
+    lm = segment_lungs(hu, spacing_zyx=(5.0, 2.0, 2.0))
     assert not lm.fallback and lm.info["n_lungs"] == 2
     assert lm.mask[15, 64, 40] and lm.mask[15, 64, 88] and not lm.mask[15, 64, 64]
 
@@ -298,22 +298,22 @@ def test_float_input_with_nan_and_fov_padding():
 def test_lung_box_has_a_margin_in_mm():
     m = np.zeros((20, 50, 60), bool)
     m[5:8, 10:20, 30:40] = True
-    box = lung_box(m, spacing=(2.5, 0.5, 1.0), margin_mm=5.0)
+    box = lung_box(m, spacing_zyx=(2.5, 0.5, 1.0), margin_mm=5.0)
     assert box == (slice(3, 10), slice(0, 30), slice(25, 45))
-    assert lung_box(m, spacing=(1, 1, 1), margin_mm=0) == (slice(5, 8), slice(10, 20),
+    assert lung_box(m, spacing_zyx=(1, 1, 1), margin_mm=0) == (slice(5, 8), slice(10, 20),
                                                            slice(30, 40))
-    assert lung_box(np.zeros((2, 3, 4), bool), spacing=(1, 1, 1)) == \
+    assert lung_box(np.zeros((2, 3, 4), bool), spacing_zyx=(1, 1, 1)) == \
         (slice(0, 2), slice(0, 3), slice(0, 4))
 
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"hu": np.zeros((4, 4))}, r"hu: expected a 3-D array"),
-    ({"spacing": (1.0, 1.0)}, r"spacing: expected 3 positive values"),
-    ({"spacing": (1.0, 0.0, 1.0)}, r"spacing: expected 3 positive values"),
+    ({"spacing_zyx": (1.0, 1.0)}, r"spacing_zyx: expected 3 positive values"),
+    ({"spacing_zyx": (1.0, 0.0, 1.0)}, r"spacing_zyx: expected 3 positive values"),
     ({"plausible_litres": (2.0, 1.0)}, r"plausible_litres: expected \(low, high\)"),
 ])
 def test_bad_input_raises_value_error(kwargs, match):
-    args = {"hu": np.zeros((2, 4, 4), np.int16), "spacing": (1.0, 1.0, 1.0)} | kwargs
+    args = {"hu": np.zeros((2, 4, 4), np.int16), "spacing_zyx": (1.0, 1.0, 1.0)} | kwargs
     hu = args.pop("hu")
     with pytest.raises(ValueError, match=match):
         segment_lungs(hu, **args)
@@ -323,9 +323,9 @@ def test_a_low_dose_sharp_kernel_scan_is_smoothed_before_the_threshold():
     """Noise of 200 HU (low dose, very sharp kernel) speckles a pixel threshold: the mask of the
     noisy scan matches the clean one after the noise-adaptive smoothing (info says how much)."""
     hu, sp, _, _ = _dome_and_mass_phantom()
-    clean = segment_lungs(hu, spacing=sp)
+    clean = segment_lungs(hu, spacing_zyx=sp)
     noisy = (hu + np.random.default_rng(0).normal(0.0, 200.0, hu.shape)).astype(np.int16)
-    lm = segment_lungs(noisy, spacing=sp)
+    lm = segment_lungs(noisy, spacing_zyx=sp)
     assert clean.info["smoothing_mm"] == 0.0 and clean.info["noise_hu"] < 5.0
     assert lm.info["noise_hu"] == pytest.approx(200.0, rel=0.15)
     assert lm.info["smoothing_mm"] > 0

@@ -73,7 +73,7 @@ def test_spheres_come_out_at_their_centres_and_sizes(spacing):
         c = np.asarray(c) + rng.uniform(-1.5, 1.5, 3)
         draw_ellipsoid(prob, spacing, c, d / 2)
         truth.append((voxel_to_world(c / np.asarray(spacing), spacing=spacing, origin=origin), d))
-    table = extract_plain(prob, spacing=spacing, origin=origin, series_uid="1.2.3")
+    table = extract_plain(prob, spacing_zyx=spacing, origin_xyz=origin, series_uid="1.2.3")
     assert len(table) == len(spheres)
     assert set(table["seriesuid"]) == {"1.2.3"}
     found = set()
@@ -98,7 +98,7 @@ def test_table_columns_order_and_probability():
     a = draw_ellipsoid(np.zeros(shape, np.float32), sp, (50, 30, 30), 5.0) * 0.7
     b = draw_ellipsoid(np.zeros(shape, np.float32), sp, (50, 70, 70), 5.0) * 0.95
     prob = np.maximum(a, b)
-    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.3)
+    table = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.3)
     assert list(table.columns) == CANDIDATE_COLUMNS + EXTRA_COLUMNS
     assert len(table) == 2
     assert table["probability"].tolist() == pytest.approx([0.95, 0.7], abs=1e-6)
@@ -107,8 +107,8 @@ def test_table_columns_order_and_probability():
 
 
 def test_empty_map_gives_empty_table_with_columns():
-    table = extract_plain(np.zeros((5, 20, 20), np.float32), spacing=(1, 1, 1),
-                          origin=(0, 0, 0))
+    table = extract_plain(np.zeros((5, 20, 20), np.float32), spacing_zyx=(1, 1, 1),
+                          origin_xyz=(0, 0, 0))
     assert len(table) == 0
     assert list(table.columns) == CANDIDATE_COLUMNS + EXTRA_COLUMNS
 
@@ -122,9 +122,9 @@ def test_nodule_split_into_blobs_in_one_slice_is_one_candidate():
     # a cross-shaped gap of 4 pixels (2.8 mm) cuts the central slice into four blobs
     prob[k, j - 2:j + 2, :] = 0
     prob[k, :, i - 2:i + 2] = 0
-    blobs = components_2d(threshold(prob[k:k + 1]), prob[k:k + 1], spacing=sp)
+    blobs = components_2d(threshold(prob[k:k + 1]), prob[k:k + 1], spacing_zyx=sp)
     assert len(blobs) == 4
-    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0))
     assert len(table) == 1
     centre = table.loc[0, ["z", "y", "x"]].to_numpy(float) * sp
     assert np.linalg.norm(centre - c) <= 1.0
@@ -136,7 +136,7 @@ def test_nodule_spanning_many_slices_is_one_candidate():
     prob = np.zeros((80, 100, 100), np.float32)
     c = np.array([40.0, 35.0, 35.0])
     draw_ellipsoid(prob, sp, c, (25.0, 6.0, 6.0))  # 50 mm long in z
-    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0))
     assert len(table) == 1
     row = table.iloc[0]
     assert np.linalg.norm(row[["z", "y", "x"]].to_numpy(float) * sp - c) <= 1.0
@@ -152,7 +152,7 @@ def test_two_nodules_15_mm_apart_stay_two(spacing):
     a, b = np.array([40.0, 40.0, 32.5]), np.array([40.0, 40.0, 47.5])  # 15 mm apart in x
     draw_ellipsoid(prob, spacing, a, 4.0)
     draw_ellipsoid(prob, spacing, b, 4.0)
-    table = extract_plain(prob, spacing=spacing, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing_zyx=spacing, origin_xyz=(0, 0, 0))
     assert len(table) == 2
     got = sorted(table["x"] * spacing[2])
     assert got == pytest.approx([32.5, 47.5], abs=1.0)
@@ -163,7 +163,7 @@ def test_two_nodules_15_mm_apart_in_z_stay_two():
     prob = np.zeros((40, 80, 80), np.float32)
     draw_ellipsoid(prob, sp, (40.0, 28.0, 28.0), 4.0)
     draw_ellipsoid(prob, sp, (55.0, 28.0, 28.0), 4.0)
-    table = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
+    table = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0))
     assert sorted(table["z"] * 2.5) == pytest.approx([40.0, 55.0], abs=1.0)
 
 
@@ -176,7 +176,7 @@ def test_non_identity_direction_gives_correct_world_coordinates():
     prob = np.zeros((40, 100, 100), np.float32)
     c_mm = np.array([51.3, 33.1, 40.2])
     draw_ellipsoid(prob, sp, c_mm, 5.0)
-    table = extract_plain(prob, spacing=sp, origin=origin, direction=direction)
+    table = extract_plain(prob, spacing_zyx=sp, origin_xyz=origin, direction=direction)
     assert len(table) == 1
     expected = voxel_to_world(c_mm / sp, spacing=sp, origin=origin, direction=direction)
     got = table.loc[0, ["coordX", "coordY", "coordZ"]].to_numpy(float)
@@ -191,31 +191,31 @@ def test_min_diameter_max_candidates_and_mask():
     draw_ellipsoid(prob, sp, (20, 20, 20), 1.0)    # 2 mm: below min_diameter_mm=3
     draw_ellipsoid(prob, sp, (20, 20, 60), 4.0)
     draw_ellipsoid(prob, sp, (20, 60, 40), 6.0)
-    assert len(extract_plain(prob, spacing=sp, origin=(0, 0, 0))) == 2
-    assert len(extract_plain(prob, spacing=sp, origin=(0, 0, 0), min_diameter_mm=1.0)) == 3
-    assert len(extract_plain(prob, spacing=sp, origin=(0, 0, 0), max_candidates=1)) == 1
+    assert len(extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0))) == 2
+    assert len(extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), min_diameter_mm=1.0)) == 3
+    assert len(extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), max_candidates=1)) == 1
     mask = np.zeros(prob.shape, bool)
     mask[:, 40:, :] = True  # only the third sphere overlaps it
-    t = extract_plain(prob, spacing=sp, origin=(0, 0, 0), mask=mask)
+    t = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), mask=mask)
     assert len(t) == 1 and t.loc[0, "y"] == pytest.approx(60, abs=0.5)
 
 
 def test_structuring_elements_are_sized_in_mm():
-    se = structuring_element(2.0, spacing=(2.5, 0.5, 1.0))
+    se = structuring_element(2.0, spacing_zyx=(2.5, 0.5, 1.0))
     assert se.shape == (1, 9, 5)
-    se3 = structuring_element(2.5, spacing=(2.5, 0.5, 1.0), in_plane=False)
+    se3 = structuring_element(2.5, spacing_zyx=(2.5, 0.5, 1.0), in_plane=False)
     assert se3.shape == (3, 11, 5)
-    assert structuring_element(0.4, spacing=(1, 1, 1)).sum() == 1
+    assert structuring_element(0.4, spacing_zyx=(1, 1, 1)).sum() == 1
     point = np.zeros((9, 21, 21), bool)
     point[4, 10, 10] = True
-    d = dilate(point, radius_mm=3.0, spacing=(1.0, 0.5, 0.5))
-    assert d[4].sum() == structuring_element(3.0, spacing=(1, 0.5, 0.5)).sum()
+    d = dilate(point, radius_mm=3.0, spacing_zyx=(1.0, 0.5, 0.5))
+    assert d[4].sum() == structuring_element(3.0, spacing_zyx=(1, 0.5, 0.5)).sum()
     assert d[3].sum() == 0 and d[4, 10, 16] and not d[4, 10, 17]
-    d3 = dilate(point, radius_mm=3.0, spacing=(1.0, 0.5, 0.5), in_plane=False)
+    d3 = dilate(point, radius_mm=3.0, spacing_zyx=(1.0, 0.5, 0.5), in_plane=False)
     assert d3[1, 10, 10] and not d3[0, 10, 10]
-    assert erode(d, radius_mm=3.0, spacing=(1.0, 0.5, 0.5)).sum() == 1
+    assert erode(d, radius_mm=3.0, spacing_zyx=(1.0, 0.5, 0.5)).sum() == 1
     # erosion treats the border as background
-    assert not erode(np.ones((1, 5, 5), bool), radius_mm=1.0, spacing=(1, 1, 1))[0, 0, 2]
+    assert not erode(np.ones((1, 5, 5), bool), radius_mm=1.0, spacing_zyx=(1, 1, 1))[0, 0, 2]
 
 
 def test_components_and_distance_merge():
@@ -226,7 +226,7 @@ def test_components_and_distance_merge():
         mask[0] |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 9
     mask[1] = mask[0]
     prob = mask.astype(np.float32)
-    dets = components_2d(mask, prob, spacing=sp)
+    dets = components_2d(mask, prob, spacing_zyx=sp)
     assert len(dets) == 6
     s0 = dets[dets["slice"] == 0].sort_values(["y", "x"])
     assert s0[["y", "x"]].to_numpy() == pytest.approx(np.array([[20, 20], [20, 28], [70, 70]]))
@@ -263,7 +263,7 @@ def one_blob_per_slice(*discs, spacing=(8.0, 0.8, 0.8), shape=(120, 120)):
     """Labels (slice k holds label k + 1) and the 2-D detection table of one disc per slice."""
     mask = np.stack([disc(shape, spacing, c, d) for c, d in discs])
     labels = mask * np.arange(1, len(discs) + 1)[:, None, None]
-    return labels, components_2d(mask, mask.astype(np.float32), spacing=spacing)
+    return labels, components_2d(mask, mask.astype(np.float32), spacing_zyx=spacing)
 
 
 def test_overlap_links_join_large_overlapping_slices_only():
@@ -294,11 +294,11 @@ def test_oblique_mass_on_thick_slices_is_one_candidate():
     discs = [((60.0, 30.0 + 9.0 * k), d) for k, d in enumerate((24.0, 36.0, 40.0, 40.0, 36.0, 24.0))]
     prob = np.zeros((10, 150, 150), np.float32)
     prob[2:8] = 0.95 * np.stack([disc(prob.shape[1:], sp, c, d) for c, d in discs])
-    one = extract_plain(prob, spacing=sp, origin=(0, 0, 0))
+    one = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0))
     assert len(one) == 1
     assert one.loc[0, "n_slices"] == 6
     assert one.loc[0, "x"] * sp[2] == pytest.approx(30.0 + 9.0 * 2.5, abs=2.0)
-    split = extract_plain(prob, spacing=sp, origin=(0, 0, 0), z_overlap=0.0)
+    split = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), z_overlap=0.0)
     assert len(split) >= 3
 
 
@@ -315,12 +315,12 @@ def test_weak_components_keep_clear_of_the_strong_foreground():
     prob[4][disc(shape[1:], sp, (20.0, 20.0), 6.0)] = 0.3            # its cap, one slice down
     prob[6][disc(shape[1:], sp, (20.0, 20.0), 6.0)] = 0.3            # two slices down: clear of it
     prob[3][disc(shape[1:], sp, (60.0, 60.0), 4.0)] = 0.35           # a faint nodule far away
-    labels, n = weak_components(prob, strong, level=0.25, spacing=sp)
+    labels, n = weak_components(prob, strong, level=0.25, spacing_zyx=sp)
     assert n == 2 and labels.max() == 2
     kept = {int(k) for k in np.nonzero(labels)[0]}
     assert kept == {3, 6} and labels[3, 75, 75] > 0 and labels[6, 25, 25] > 0
     assert labels[3][~disc(shape[1:], sp, (60.0, 60.0), 6.0)].max() == 0   # no rim kept
-    assert weak_components(prob, strong, level=0.5, spacing=sp)[1] == 0
+    assert weak_components(prob, strong, level=0.5, spacing_zyx=sp)[1] == 0
 
 
 def test_weak_threshold_adds_faint_nodules_after_the_others():
@@ -331,14 +331,14 @@ def test_weak_threshold_adds_faint_nodules_after_the_others():
     prob = np.zeros((12, 120, 120), np.float32)
     draw_ellipsoid(prob, sp, (30.0, 30.0, 30.0), 6.0)
     prob *= 0.95
-    halo = dilate(prob > 0.4, radius_mm=3.0, spacing=sp) & (prob <= 0.4)
+    halo = dilate(prob > 0.4, radius_mm=3.0, spacing_zyx=sp) & (prob <= 0.4)
     prob[halo] = 0.25                                                   # a faint rim around it
     faint = np.zeros_like(prob)
     draw_ellipsoid(faint, sp, (27.5, 60.0, 60.0), 2.0)                  # centred on slice 5.5: 2 slices
     prob = np.maximum(prob, 0.3 * (faint > 0.2))
-    off = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0)
+    off = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0)
     assert len(off) == 1
-    on = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+    on = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
                        weak_threshold=0.2)
     assert len(on) == 2
     assert on.loc[0, "seg_prob"] == pytest.approx(0.95, abs=0.01)
@@ -346,16 +346,16 @@ def test_weak_threshold_adds_faint_nodules_after_the_others():
     weak = on.loc[1]
     assert weak["y"] * sp[1] == pytest.approx(60.0, abs=0.7) and weak["x"] * sp[2] == pytest.approx(60.0, abs=0.7)
     assert weak["z"] * sp[0] == pytest.approx(27.5, abs=1.0) and weak["n_slices"] == 2
-    capped = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+    capped = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
                            weak_threshold=0.2, max_candidates=1)
     assert capped.loc[0, "seg_prob"] > 0.9
     # at or above the threshold nothing lies between the two levels
     for level in (0.4, 0.6):
-        same = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
+        same = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4, min_diameter_mm=1.0,
                              weak_threshold=level)
         pd.testing.assert_frame_equal(same, off)
     with pytest.raises(ValueError, match="weak_threshold: expected a level from 0 \\(off\\) to 1"):
-        extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, weak_threshold=-0.2)
+        extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4, weak_threshold=-0.2)
 
 
 def nodule_on_hilum(sp, shape=(16, 140, 160)):
@@ -383,16 +383,16 @@ def test_split_components_keep_the_parts_that_split_or_shrink_a_large_component(
     prob[2][disc(shape[1:], sp, (40.0, 100.0), 10.0)] = 0.6           # small: never split
     prob[2][disc(shape[1:], sp, (40.0, 100.0), 4.0)] = 0.95
     labels, n = ndimage.label(prob >= 0.4, structure=np.pad(np.ones((1, 3, 3), bool), ((1, 1), (0, 0), (0, 0))))
-    parts, m = split_components(prob, labels, n, level=0.9, min_diameter_mm=15.0, spacing=sp)
+    parts, m = split_components(prob, labels, n, level=0.9, min_diameter_mm=15.0, spacing_zyx=sp)
     assert m == 3 and parts.max() == 3
     assert {int(k) for k in np.nonzero(parts)[0]} == {0, 2}
     assert parts[0][disc(shape[1:], sp, (40.0, 34.0), 9.0)].min() > 0
     assert parts[2][:, int(80 / sp[2]):].max() == 0                    # the small component: nothing
     assert len(np.unique(parts[2][parts[2] > 0])) == 2
-    none, zero = split_components(prob, labels, n, level=0.9, min_diameter_mm=40.0, spacing=sp)
+    none, zero = split_components(prob, labels, n, level=0.9, min_diameter_mm=40.0, spacing_zyx=sp)
     assert zero == 0 and none.max() == 0
     with pytest.raises(ValueError, match=r"level: expected a level in \(0, 1\]"):
-        split_components(prob, labels, n, level=0.0, min_diameter_mm=15.0, spacing=sp)
+        split_components(prob, labels, n, level=0.0, min_diameter_mm=15.0, spacing_zyx=sp)
 
 
 def test_split_threshold_gives_a_nodule_joined_to_the_hilum_its_own_candidate():
@@ -402,11 +402,11 @@ def test_split_threshold_gives_a_nodule_joined_to_the_hilum_its_own_candidate():
     sp = (5.0, 0.8, 0.8)
     prob = nodule_on_hilum(sp)
     centre = np.array([40.0, 50.0, 40.0])
-    off = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4)
+    off = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4)
     assert len(off) == 1
     dist = lambda t: np.linalg.norm(t[["z", "y", "x"]].to_numpy(float) * sp - centre, axis=1)
     assert dist(off)[0] > 10.0                                           # outside the nodule
-    on = extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=0.9)
+    on = extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4, split_threshold=0.9)
     assert len(on) == 2
     near = dist(on)
     assert near.min() < 1.5
@@ -417,9 +417,9 @@ def test_split_threshold_gives_a_nodule_joined_to_the_hilum_its_own_candidate():
                                off.loc[0, ["z", "y", "x", "diameter_mm"]].to_numpy(float))
     for level in (0.3, 0.4):
         pd.testing.assert_frame_equal(
-            extract_plain(prob, spacing=sp, origin=(0, 0, 0), threshold=0.4, split_threshold=level), off)
+            extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), threshold=0.4, split_threshold=level), off)
     with pytest.raises(ValueError, match=r"split_threshold: expected a level from 0 \(off\) to 1"):
-        extract_plain(prob, spacing=sp, origin=(0, 0, 0), split_threshold=1.5)
+        extract_plain(prob, spacing_zyx=sp, origin_xyz=(0, 0, 0), split_threshold=1.5)
 
 
 def test_empty_surroundings_change_nothing_but_the_indices():
@@ -431,12 +431,12 @@ def test_empty_surroundings_change_nothing_but_the_indices():
     draw_ellipsoid(prob, sp, (25.0, 20.0, 20.0), 5.0)
     draw_ellipsoid(prob, sp, (25.0, 21.0, 30.0), (4.0, 2.0, 2.0))
     prob[10][disc(prob.shape[1:], sp, (30.0, 12.0), 3.0)] = 0.32        # a weak blob
-    kw = dict(spacing=sp, threshold=0.4, weak_threshold=0.3, min_diameter_mm=1.0)
-    small = extract_plain(prob, origin=(0.0, 0.0, 0.0), **kw)
+    kw = dict(spacing_zyx=sp, threshold=0.4, weak_threshold=0.3, min_diameter_mm=1.0)
+    small = extract_plain(prob, origin_xyz=(0.0, 0.0, 0.0), **kw)
     pad = (7, 33, 21)
     big = np.pad(prob, [(p, 9) for p in pad])
     origin = tuple(-p * s for p, s in zip(pad[::-1], sp[::-1]))       # x, y, z of voxel (0, 0, 0)
-    moved = extract_plain(big, origin=origin, **kw)
+    moved = extract_plain(big, origin_xyz=origin, **kw)
     assert len(small) == 3 and (small["seg_prob"] < 0.4).sum() == 1
     np.testing.assert_allclose(moved[["z", "y", "x"]].to_numpy() - pad, small[["z", "y", "x"]].to_numpy(),
                                atol=1e-9)
@@ -445,14 +445,14 @@ def test_empty_surroundings_change_nothing_but_the_indices():
 
 
 def test_bad_input_raises_value_error():
-    with pytest.raises(ValueError, match=r"spacing: expected 3 positive values"):
-        extract_plain(np.zeros((2, 4, 4)), spacing=(1, 1), origin=(0, 0, 0))
+    with pytest.raises(ValueError, match=r"spacing_zyx: expected 3 positive values"):
+        extract_plain(np.zeros((2, 4, 4)), spacing_zyx=(1, 1), origin_xyz=(0, 0, 0))
     with pytest.raises(ValueError, match=r"expected a 3-D array"):
-        extract_plain(np.zeros((4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0))
+        extract_plain(np.zeros((4, 4)), spacing_zyx=(1, 1, 1), origin_xyz=(0, 0, 0))
     with pytest.raises(ValueError, match=r"radius_mm: expected a distance >= 0"):
-        dilate(np.zeros((1, 3, 3), bool), radius_mm=-1, spacing=(1, 1, 1))
+        dilate(np.zeros((1, 3, 3), bool), radius_mm=-1, spacing_zyx=(1, 1, 1))
     with pytest.raises(ValueError, match=r"mask: expected the shape of prob"):
-        extract_plain(np.zeros((2, 4, 4)), spacing=(1, 1, 1), origin=(0, 0, 0),
+        extract_plain(np.zeros((2, 4, 4)), spacing_zyx=(1, 1, 1), origin_xyz=(0, 0, 0),
                       mask=np.zeros((2, 4, 5), bool))
 
 
@@ -460,6 +460,6 @@ def test_series_uid_that_utf8_cannot_hold_is_escaped():
     # a SeriesInstanceUID from a header decoded with surrogateescape
     prob = np.zeros((6, 40, 40), np.float32)
     prob[2:4, 18:23, 18:23] = 0.9
-    table = extract_plain(prob, spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+    table = extract_plain(prob, spacing_zyx=(2.0, 1.0, 1.0), origin_xyz=(0.0, 0.0, 0.0),
                           series_uid="1.2.\udc80")
     assert len(table) == 1 and table["seriesuid"].tolist() == ["1.2.\\udc80"]

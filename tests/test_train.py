@@ -157,7 +157,7 @@ def test_segmenter_tiles_are_prepare_slices_crops(toys):
     from lungcad.train.datasets import lung_box_of
 
     box, _ = lung_box_of(case, margin_mm=10.0)
-    ref, _ = prepare_slices(case.volume.hu[:, box[1], box[2]], spacing=case.volume.spacing,
+    ref, _ = prepare_slices(case.volume.hu[:, box[1], box[2]], spacing_zyx=case.volume.spacing,
                             context_slices=1, pixel_mm=1.25, window_hu=(-1000.0, 400.0), tile=1)
     lo = max(box[0].start - 1, 0)          # the dataset keeps one slice of context below the box
     img, tgt, unknown = ds._tile(ent, 20 - lo, 60, 70, np.random.default_rng(0))

@@ -13,13 +13,14 @@ from lungcad.checks import check_distance, check_spacing, check_volume
 from .grid import SLICEWISE, upsample
 
 
-def lung_box(mask, *, spacing, margin_mm: float = 10.0) -> tuple[slice, slice, slice]:
+def lung_box(mask, *, spacing_zyx, margin_mm: float = 10.0) -> tuple[slice, slice, slice]:
     """Bounding box of a mask with a margin in mm, as slices into the same volume.
 
     Parameters
     ----------
     mask : ndarray of bool, (z, y, x)
-    spacing : (z, y, x) mm
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
     margin_mm : float, optional
         Added on every side (rounded up to whole voxels per axis), clipped to the volume.
 
@@ -29,7 +30,7 @@ def lung_box(mask, *, spacing, margin_mm: float = 10.0) -> tuple[slice, slice, s
         The whole volume when ``mask`` is empty.
     """
     mask = check_volume("mask", mask)
-    sp = check_spacing(spacing)
+    sp = check_spacing(spacing_zyx, "spacing_zyx")
     margin_mm = check_distance("margin_mm", margin_mm)
     if not mask.any():
         return tuple(slice(0, n) for n in mask.shape)
@@ -50,6 +51,6 @@ def fallback_box(hu: np.ndarray, body: np.ndarray, sp: np.ndarray, fy: int, fx: 
     if body.any():
         near = upsample(ndimage.binary_dilation(body, structure=SLICEWISE), fy, fx,
                         hu.shape)
-        return lung_box(near & (hu >= threshold_hu), spacing=sp, margin_mm=0.0), \
+        return lung_box(near & (hu >= threshold_hu), spacing_zyx=sp, margin_mm=0.0), \
             "the body's bounding box"
     return tuple(slice(0, s) for s in hu.shape), "the whole volume (no body found)"

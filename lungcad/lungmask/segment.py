@@ -49,7 +49,7 @@ class LungMask:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def segment_lungs(hu, *, spacing, direction=None, threshold_hu: float = -320.0,
+def segment_lungs(hu, *, spacing_zyx, direction=None, threshold_hu: float = -320.0,
                   plausible_litres: tuple[float, float] = (0.5, 12.0),
                   closing_mm: float = 12.0, mass_mm: float = 35.0, mass_grid_mm: float = 4.0,
                   gas_hu: float = -950.0,
@@ -60,7 +60,8 @@ def segment_lungs(hu, *, spacing, direction=None, threshold_hu: float = -320.0,
     ----------
     hu : ndarray, (z, y, x)
         Hounsfield units.  Values below -1024 (padding outside the field of view) count as air.
-    spacing : (z, y, x) mm
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
     direction : 3x3, optional
         Columns are the world directions of the x, y, z index axes.  Only its last column is
         used, to know which end of the slice axis is the head (identity when None: the last
@@ -89,7 +90,7 @@ def segment_lungs(hu, *, spacing, direction=None, threshold_hu: float = -320.0,
     LungMask
     """
     hu = check_volume("hu", hu)
-    sp = check_spacing(spacing)
+    sp = check_spacing(spacing_zyx, "spacing_zyx")
     lo_l, hi_l = (float(v) for v in plausible_litres)
     if not 0 <= lo_l < hi_l:
         raise ValueError(f"plausible_litres: expected (low, high) with 0 <= low < high. "

@@ -40,7 +40,7 @@ def threshold(prob, *, level: float = 0.5) -> np.ndarray:
 
 
 
-def structuring_element(radius_mm: float, *, spacing, in_plane: bool = True) -> np.ndarray:
+def structuring_element(radius_mm: float, *, spacing_zyx, in_plane: bool = True) -> np.ndarray:
     """An ellipsoid (or, with ``in_plane=True``, a flat disc) of radius ``radius_mm``.
 
     It holds every voxel offset whose distance in mm from the centre is at most
@@ -50,7 +50,8 @@ def structuring_element(radius_mm: float, *, spacing, in_plane: bool = True) -> 
     Parameters
     ----------
     radius_mm : float
-    spacing : (z, y, x) mm
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
     in_plane : bool, optional
         When True the element has one slice (z size 1): it works in each slice alone.
 
@@ -58,7 +59,7 @@ def structuring_element(radius_mm: float, *, spacing, in_plane: bool = True) -> 
     -------
     ndarray of bool, shape (nz, ny, nx), odd sizes
     """
-    sp = check_spacing(spacing)
+    sp = check_spacing(spacing_zyx, "spacing_zyx")
     radius_mm = check_distance("radius_mm", radius_mm)
     half = np.floor(radius_mm / sp + 1e-9).astype(int)
     if in_plane:
@@ -68,9 +69,9 @@ def structuring_element(radius_mm: float, *, spacing, in_plane: bool = True) -> 
     return dist2 <= radius_mm ** 2 + 1e-9
 
 
-def _morph(op, mask, radius_mm, spacing, in_plane):
+def _morph(op, mask, radius_mm, spacing_zyx, in_plane):
     mask = check_volume("mask", mask).astype(bool)
-    se = structuring_element(radius_mm, spacing=spacing, in_plane=in_plane)
+    se = structuring_element(radius_mm, spacing_zyx=spacing_zyx, in_plane=in_plane)
     if se.size == 1 or not mask.any():
         return mask.copy()
     # work on the bounding box of the foreground, padded by the element
@@ -86,14 +87,15 @@ def _morph(op, mask, radius_mm, spacing, in_plane):
     return out
 
 
-def dilate(mask, *, radius_mm: float, spacing, in_plane: bool = True) -> np.ndarray:
+def dilate(mask, *, radius_mm: float, spacing_zyx, in_plane: bool = True) -> np.ndarray:
     """Binary dilation by a disc (``in_plane=True``) or ellipsoid of ``radius_mm``.
 
     Parameters
     ----------
     mask : ndarray of bool, (z, y, x)
     radius_mm : float
-    spacing : (z, y, x) mm
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
     in_plane : bool, optional
         Dilate within each slice only (default), or in 3-D.
 
@@ -101,15 +103,15 @@ def dilate(mask, *, radius_mm: float, spacing, in_plane: bool = True) -> np.ndar
     -------
     ndarray of bool
     """
-    return _morph(ndimage.binary_dilation, mask, radius_mm, spacing, in_plane)
+    return _morph(ndimage.binary_dilation, mask, radius_mm, spacing_zyx, in_plane)
 
 
-def erode(mask, *, radius_mm: float, spacing, in_plane: bool = True) -> np.ndarray:
+def erode(mask, *, radius_mm: float, spacing_zyx, in_plane: bool = True) -> np.ndarray:
     """Binary erosion by a disc (``in_plane=True``) or ellipsoid of ``radius_mm``.
 
     Voxels beyond the array border count as background.  See :func:`dilate`.
     """
-    return _morph(ndimage.binary_erosion, mask, radius_mm, spacing, in_plane)
+    return _morph(ndimage.binary_erosion, mask, radius_mm, spacing_zyx, in_plane)
 
 
 def label_slices(mask) -> tuple[np.ndarray, int]:
@@ -155,7 +157,7 @@ def empty_detections() -> pd.DataFrame:
     return df
 
 
-def components_2d(mask, prob, *, spacing) -> pd.DataFrame:
+def components_2d(mask, prob, *, spacing_zyx) -> pd.DataFrame:
     """Connected components of ``mask`` in each slice (8-connected), as 2-D detections.
 
     Parameters
@@ -163,7 +165,8 @@ def components_2d(mask, prob, *, spacing) -> pd.DataFrame:
     mask : ndarray of bool, (z, y, x)
     prob : ndarray of float, (z, y, x)
         The probability map; it weights the centroids and gives ``max_prob``/``mean_prob``.
-    spacing : (z, y, x) mm
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
 
     Returns
     -------
@@ -175,6 +178,6 @@ def components_2d(mask, prob, *, spacing) -> pd.DataFrame:
     prob = check_volume("prob", prob)
     if prob.shape != mask.shape:
         raise ValueError(f"prob: expected the shape of mask {mask.shape}. Received {prob.shape}")
-    sp = check_spacing(spacing)
+    sp = check_spacing(spacing_zyx, "spacing_zyx")
     labels, n = label_slices(mask)
     return component_table(labels, n, prob, sp)

@@ -18,7 +18,7 @@ from .merge import merge_by_distance
 from .zlink import merge_z, overlap_links
 
 
-def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str = "",
+def extract_candidates(prob, *, spacing_zyx, origin_xyz, direction=None, series_uid: str = "",
                        threshold: float = 0.4, dilation_mm: float = 1.0,
                        erosion_mm: float = 1.0, merge_distance_mm: float = 5.0,
                        z_merge_mm: float = 5.0, max_gap_slices: int = 1,
@@ -38,8 +38,10 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     ----------
     prob : ndarray of float, (z, y, x)
         Nodule probability per voxel, aligned with the CT volume.
-    spacing : (z, y, x) mm
-    origin : (x, y, z) mm, world position of voxel (0, 0, 0)
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing along the slice, row and column axes.
+    origin_xyz : (x, y, z) mm
+        World position (LPS) of the centre of voxel (0, 0, 0).
     direction : 3x3, optional
         Columns are the world directions of the x, y, z index axes (identity when None).
     series_uid : str, optional
@@ -88,7 +90,7 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         described in the module docstring.
     """
     prob = check_volume("prob", prob)
-    sp = check_spacing(spacing)
+    sp = check_spacing(spacing_zyx, "spacing_zyx")
     if not 0.0 <= weak_threshold <= 1.0:
         raise ValueError(f"weak_threshold: expected a level from 0 (off) to 1. Received {weak_threshold!r}")
     if not 0.0 <= split_threshold <= 1.0:
@@ -104,7 +106,7 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
                          f"Received max_candidates={max_candidates!r}")
     # the map is empty outside the lung box: work on the box around its foreground
     weak_on = 0.0 < weak_threshold < threshold
-    crop = _foreground_box(prob, level=weak_threshold if weak_on else threshold, spacing=sp,
+    crop = _foreground_box(prob, level=weak_threshold if weak_on else threshold, spacing_zyx=sp,
                            radius_mm=max(dilation_mm, erosion_mm))
     if crop is None:
         return empty_candidates(EXTRA_COLUMNS)
@@ -112,8 +114,8 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     prob = prob[crop]
     mask = mask[crop] if mask is not None else None
     fg = _apply_threshold(prob, level=threshold)
-    fg = dilate(fg, radius_mm=dilation_mm, spacing=sp)
-    fg = erode(fg, radius_mm=erosion_mm, spacing=sp)
+    fg = dilate(fg, radius_mm=dilation_mm, spacing_zyx=sp)
+    fg = erode(fg, radius_mm=erosion_mm, spacing_zyx=sp)
     labels, n = label_slices(fg)
     cand_map = np.zeros(labels.shape, dtype=np.int32)
     n_cand = 0
@@ -132,14 +134,14 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
 
     n_cand += add(cand_map, n_cand, labels, n, overlap=True)
     if weak_on:
-        wlabels, wn = weak_components(prob, fg, level=weak_threshold, spacing=sp,
+        wlabels, wn = weak_components(prob, fg, level=weak_threshold, spacing_zyx=sp,
                                       dilation_mm=dilation_mm, erosion_mm=erosion_mm)
         n_cand += add(cand_map, n_cand, wlabels, wn, overlap=False)
     tables = [measure_candidates(cand_map, n_cand, prob, sp, mask)] if n_cand else []
     if split_threshold > threshold:
         # the parts overlap their whole component's voxels: they are measured in a map of their own
         slabels, sn = split_components(prob, labels, n, level=split_threshold,
-                                       min_diameter_mm=split_min_mm, spacing=sp)
+                                       min_diameter_mm=split_min_mm, spacing_zyx=sp)
         if sn:
             split_map = np.zeros(labels.shape, dtype=np.int32)
             n_split = add(split_map, 0, slabels, sn, overlap=True)
@@ -153,7 +155,7 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
         return empty_candidates(EXTRA_COLUMNS)
     zyx = table[["z", "y", "x"]].to_numpy(dtype=float) + offset
     table["z"], table["y"], table["x"] = zyx[:, 0], zyx[:, 1], zyx[:, 2]
-    xyz = np.atleast_2d(voxel_to_world(zyx, spacing=sp, origin=origin, direction=direction))
+    xyz = np.atleast_2d(voxel_to_world(zyx, spacing=sp, origin=origin_xyz, direction=direction))
     table["coordX"], table["coordY"], table["coordZ"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     table["seriesuid"] = table_text(series_uid)
     table["probability"] = table["seg_prob"]
@@ -163,7 +165,7 @@ def extract_candidates(prob, *, spacing, origin, direction=None, series_uid: str
     return table[CANDIDATE_COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)
 
 
-def _foreground_box(prob: np.ndarray, *, level: float, spacing: np.ndarray, radius_mm: float):
+def _foreground_box(prob: np.ndarray, *, level: float, spacing_zyx: np.ndarray, radius_mm: float):
     """The box around ``prob >= level`` with room for the closing and the one-voxel support
     (slices z, y, x), or None when nothing reaches ``level``.  Labelling, closing and measuring
     inside it give what they give on the whole volume: the component order (C order) and every
@@ -174,7 +176,7 @@ def _foreground_box(prob: np.ndarray, *, level: float, spacing: np.ndarray, radi
         return None
     ys = np.flatnonzero(fg.any(axis=(0, 2)))
     xs = np.flatnonzero(fg.any(axis=(0, 1)))
-    margin = [2] + [int(np.ceil(radius_mm / float(spacing[a]))) + 2 for a in (1, 2)]
+    margin = [2] + [int(np.ceil(radius_mm / float(spacing_zyx[a]))) + 2 for a in (1, 2)]
     return tuple(slice(max(int(i[0]) - m, 0), min(int(i[-1]) + m + 1, n))
                  for i, m, n in zip((zs, ys, xs), margin, prob.shape))
 

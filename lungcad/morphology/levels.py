@@ -11,7 +11,7 @@ from lungcad.checks import check_distance, check_spacing, check_volume
 from .components import dilate, erode, label_slices, threshold
 
 
-def weak_components(prob, strong, *, level: float, spacing, dilation_mm: float = 1.0,
+def weak_components(prob, strong, *, level: float, spacing_zyx, dilation_mm: float = 1.0,
                     erosion_mm: float = 1.0) -> tuple[np.ndarray, int]:
     """Per-slice components of the map at a lower ``level`` that keep clear of ``strong``.
 
@@ -20,15 +20,17 @@ def weak_components(prob, strong, *, level: float, spacing, dilation_mm: float =
     ``strong`` (the foreground of the main threshold) in its own slice or in the slice just
     above or below, so a faint blob is never the rim or the cap of a stronger detection.
 
+    ``spacing_zyx`` is the voxel spacing (z, y, x) in mm.
+
     Returns ``(labels, n)``: the kept components numbered 1..n in C order, 0 elsewhere.
     """
     prob = check_volume("prob", prob)
     strong = check_volume("strong", strong).astype(bool)
     if strong.shape != prob.shape:
         raise ValueError(f"strong: expected the shape of prob {prob.shape}. Received {strong.shape}")
-    sp = check_spacing(spacing)
-    fg = erode(dilate(threshold(prob, level=level), radius_mm=dilation_mm, spacing=sp),
-               radius_mm=erosion_mm, spacing=sp)
+    sp = check_spacing(spacing_zyx, "spacing_zyx")
+    fg = erode(dilate(threshold(prob, level=level), radius_mm=dilation_mm, spacing_zyx=sp),
+               radius_mm=erosion_mm, spacing_zyx=sp)
     labels, n = label_slices(fg)
     if n == 0:
         return labels, 0
@@ -53,7 +55,7 @@ def weak_components(prob, strong, *, level: float, spacing, dilation_mm: float =
 
 
 def split_components(prob, labels, n: int, *, level: float, min_diameter_mm: float,
-                     spacing) -> tuple[np.ndarray, int]:
+                     spacing_zyx) -> tuple[np.ndarray, int]:
     """The parts at a higher ``level`` of the large per-slice components of ``labels``.
 
     A nodule that touches the hilum or a vessel trunk comes out of the first threshold as one
@@ -63,6 +65,8 @@ def split_components(prob, labels, n: int, *, level: float, min_diameter_mm: flo
     level splits the component (two parts or more) or leaves less than half of its area (one
     part, off its centre); a component that stays whole at the higher level gives nothing.
 
+    ``spacing_zyx`` is the voxel spacing (z, y, x) in mm.
+
     Returns ``(labels, n)``: the kept parts numbered 1..n in C order, 0 elsewhere.
     """
     prob = check_volume("prob", prob)
@@ -71,7 +75,7 @@ def split_components(prob, labels, n: int, *, level: float, min_diameter_mm: flo
         raise ValueError(f"labels: expected the shape of prob {prob.shape}. Received {labels.shape}")
     if not 0.0 < float(level) <= 1.0:
         raise ValueError(f"level: expected a level in (0, 1]. Received {level!r}")
-    sp = check_spacing(spacing)
+    sp = check_spacing(spacing_zyx, "spacing_zyx")
     min_area = np.pi * (check_distance("min_diameter_mm", min_diameter_mm) / 2.0) ** 2
     empty = np.zeros(labels.shape, dtype=np.int32)
     if n == 0:

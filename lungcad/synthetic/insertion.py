@@ -551,7 +551,7 @@ def insert_lesions(volume: CTVolume, *, rng: np.random.Generator, n: int = 3,
     from lungcad.lungmask import segment_lungs
 
     if lung_mask is None:
-        lung_mask = segment_lungs(volume.hu, spacing=volume.spacing, direction=volume.direction).mask
+        lung_mask = segment_lungs(volume.hu, spacing_zyx=volume.spacing, direction=volume.direction).mask
     lung_mask = np.asarray(lung_mask, dtype=bool)
     if lung_mask.shape != volume.shape:
         raise ValueError(f"lung_mask: expected the volume's shape {volume.shape}. Received {lung_mask.shape}")

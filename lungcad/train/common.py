@@ -394,7 +394,7 @@ def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=No
         lm, box = lung_stage(volume, config)
         lung_mask = lm.mask
     else:
-        box = lungmask.lung_box(lung_mask, spacing=volume.spacing, margin_mm=config.lungmask.margin_mm)
+        box = lungmask.lung_box(lung_mask, spacing_zyx=volume.spacing, margin_mm=config.lungmask.margin_mm)
     prob = candidate_stage(volume, segmenter, box, config)
     return morphology_stage(volume, prob, lung_mask, config)
 

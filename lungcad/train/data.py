@@ -778,7 +778,7 @@ class _Background:
                                                          mine_background_negatives)
 
                 vol = load_series(self.info)
-                lung = segment_lungs(vol.hu, spacing=vol.spacing, direction=vol.direction).mask
+                lung = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction).mask
                 psf, noise = estimate_host_psf(vol), estimate_host_noise(vol)
                 pool = mine_background_negatives(vol, lung, rng=np.random.default_rng([self.seed, 3]),
                                                  n=self.n_pool, exclude_xyz_mm=self.exclusions)

@@ -80,8 +80,8 @@ def lung_box_of(case: Case, *, margin_mm: float, threshold_hu: float = -320.0):
 
     mask = case.lung_mask
     if mask is None:
-        mask = segment_lungs(case.volume.hu, spacing=case.volume.spacing, threshold_hu=threshold_hu).mask
-    return lung_box(mask, spacing=case.volume.spacing, margin_mm=margin_mm), np.asarray(mask, bool)
+        mask = segment_lungs(case.volume.hu, spacing_zyx=case.volume.spacing, threshold_hu=threshold_hu).mask
+    return lung_box(mask, spacing_zyx=case.volume.spacing, margin_mm=margin_mm), np.asarray(mask, bool)
 
 
 def random_lung_points(lung: np.ndarray, rng: np.random.Generator, *, n: int = 4000,
@@ -232,7 +232,7 @@ class SegmenterDataset(_PyDataset):
         c = self.context_slices
         z0, z1 = box[0].start or 0, box[0].stop if box[0].stop is not None else vol.shape[0]
         lo, hi = max(z0 - c, 0), min(z1 + c, vol.shape[0])
-        kw = dict(spacing=vol.spacing, context_slices=0, pixel_mm=self.pixel_mm, tile=1)
+        kw = dict(spacing_zyx=vol.spacing, context_slices=0, pixel_mm=self.pixel_mm, tile=1)
         img, _ = prepare_slices(vol.hu[lo:hi, box[1], box[2]], window_hu=self.window_hu, **kw)
         tgt = case.segmentation_target()[lo:hi, box[1], box[2]].astype(np.float32)
         # the target goes through the same resampling; window (0, 1) leaves 0/1 values as they are
@@ -547,7 +547,7 @@ class FPRDataset(_PyDataset):
             return np.zeros(patch_shape(self.views, self.patch_size), dtype=np.float32)
         crop = e.hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         origin = voxel_to_world(lo.astype(float), spacing=e.spacing, origin=e.origin, direction=e.direction)
-        return extract_patches(crop, centre[None], spacing=e.spacing, origin=origin, direction=e.direction,
+        return extract_patches(crop, centre[None], spacing_zyx=e.spacing, origin_xyz=origin, direction=e.direction,
                                scales_mm=[scale], patch_size=self.patch_size, window_hu=self.window_hu,
                                rotation=rotation[None], views=self.views)[0]
 
