@@ -17,7 +17,8 @@ import pandas as pd
 def main() -> None:
     from lungcad.io import discover, load_series
     from lungcad.lungmask import segment_lungs
-    from lungcad.synthetic.insertion import exclusions_for, mine_background_negatives, montage
+    from lungcad.synthetic.background_negatives import mine_background_negatives, montage
+    from lungcad.synthetic.exclusions import exclusions_for
     from lungcad.train.data import background_exclusions
 
     p = argparse.ArgumentParser()

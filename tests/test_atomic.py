@@ -41,7 +41,7 @@ def test_training_and_data_set_writers_leave_no_temporary_files(tmp_path):
     """The model card and run state of training and the tables of `lungcad synth` go through it."""
     import pandas as pd
 
-    from lungcad.synthetic.dataset import _write_csv, _write_json
+    from lungcad.synthetic.layouts import _write_csv, _write_json
     from lungcad.train.common import atomic_write_text as train_writer
 
     assert train_writer is atomic_write_text

@@ -1,5 +1,6 @@
-"""Tests of lungcad.synthetic.insertion: host PSF and noise, lesions inserted into real and
-synthetic CT, hard negatives from real anatomy, and ``lungcad train ... --backgrounds``."""
+"""Tests of lesion insertion (lungcad.synthetic.insertion, host_scanner, exclusions,
+background_negatives): host PSF and noise, lesions inserted into real and synthetic CT, hard
+negatives from real anatomy, and ``lungcad train ... --backgrounds``."""
 from __future__ import annotations
 
 import json
@@ -16,10 +17,11 @@ from scipy.optimize import curve_fit
 from scipy.special import erf
 
 from lungcad.lungmask import segment_lungs
-from lungcad.synthetic.insertion import (default_exclusions, estimate_host_noise, estimate_host_psf,
-                                         exclusions_for, insert_lesions, mine_background_negatives,
-                                         read_exclusions)
-from lungcad.synthetic.lesions import LESION_COLUMNS
+from lungcad.synthetic.background_negatives import mine_background_negatives
+from lungcad.synthetic.exclusions import default_exclusions, exclusions_for, read_exclusions
+from lungcad.synthetic.host_scanner import estimate_host_noise, estimate_host_psf
+from lungcad.synthetic.insertion import insert_lesions
+from lungcad.synthetic.lesion_specs import LESION_COLUMNS
 from lungcad.volume import CTVolume
 
 #: The two lesions PROVENANCE.md marks in the POPI background (world mm, LPS).

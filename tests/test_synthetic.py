@@ -83,7 +83,7 @@ def test_spacing_draw_is_realistic_and_scales_with_size():
         assert ph.fov_mask.shape == (64, 64) and ph.fov_mask[32, 32] and not ph.fov_mask[0, 0]
     assert set(steps) <= {5.0, 8.0}                # 40 slices cover a chest at 5 or 8 mm
     # 512 columns: 0.6-0.9 mm pixels; 256 columns about twice that
-    from lungcad.synthetic.phantom import _draw_geometry
+    from lungcad.synthetic.scan_plan import _draw_geometry
     for seed in range(30):
         (_, _, nx), sp, _ = _draw_geometry(np.random.default_rng(seed), (None, 512, 512), None, None)
         assert 0.58 <= sp[2] <= 0.9 and sp[0] in (1.0, 1.25, 2.5, 5.0, 8.0)
@@ -245,7 +245,7 @@ def test_lesion_counts_can_be_forced_and_drawn():
                             vessel_density=0.3)
     assert len(none.lesions) == 0 and none.cancer == 0 and not (none.labels == L["lesion"]).any()
     # the default draw: some patients without any lesion, some with a mass
-    from lungcad.synthetic.lesions import draw_specs
+    from lungcad.synthetic.lesion_specs import draw_specs
     counts = [draw_specs(np.random.default_rng(s)) for s in range(400)]
     assert 0.1 <= np.mean([not [x for x in c if x.diameter_mm >= 3.0] for c in counts]) <= 0.3
     assert 0.2 <= np.mean([any(x.kind == "mass" for x in c) for c in counts]) <= 0.4

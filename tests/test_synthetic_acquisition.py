@@ -262,9 +262,11 @@ SLICE1 = "2f23d7eb7f34e22f"
 
 # ---- the lesions of the randomised domains --------------------------------------------------------
 
-from lungcad.synthetic.lesions import (DOMAIN_SHAPES, SHAPES, LesionSpec, PlacementContext,  # noqa: E402
-                                       build_geometry, complete_spec, contextualize, draw_specs,
-                                       malignancy_probability, paint_lesion, place)
+from lungcad.synthetic.lesion_placement import PlacementContext, contextualize, place  # noqa: E402
+from lungcad.synthetic.lesion_render import paint_lesion  # noqa: E402
+from lungcad.synthetic.lesion_shapes import build_geometry  # noqa: E402
+from lungcad.synthetic.lesion_specs import (DOMAIN_SHAPES, SHAPES, LesionSpec, complete_spec, draw_specs,  # noqa: E402
+                                            malignancy_probability)
 from lungcad.synthetic.raster import Grid  # noqa: E402
 
 WALL_X = 20.0          # the pleura on the +x side of the toy lung (mm)

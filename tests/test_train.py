@@ -596,7 +596,7 @@ def test_randomized_training_phantoms_draw_their_own_thickness_and_families_are_
     import json as _json
 
     from lungcad.errors import InputError
-    from lungcad.synthetic.phantom import draw_domain_factors
+    from lungcad.synthetic.scan_plan import draw_domain_factors
     from lungcad.train.data import SLICE_PROTOCOLS, phantom_protocol, synth_dir_cases, synthetic_cases
 
     seed = 5

@@ -16,9 +16,11 @@ same volume, byte for byte.
 from lungcad.synthetic.anatomy import ORGANS
 from lungcad.synthetic.disease import DISEASES
 from lungcad.synthetic.domain import DOMAINS
-from lungcad.synthetic.lesions import LESION_COLUMNS, malignancy_probability
-from lungcad.synthetic.phantom import DISTRACTOR_COLUMNS, LABELS, Phantom, draw_domain_factors, generate_phantom
-from lungcad.synthetic.dataset import synth_dataset
+from lungcad.synthetic.lesion_specs import LESION_COLUMNS, malignancy_probability
+from lungcad.synthetic.phantom import LABELS, Phantom, generate_phantom
+from lungcad.synthetic.phantom_lesions import DISTRACTOR_COLUMNS
+from lungcad.synthetic.scan_plan import draw_domain_factors
+from lungcad.synthetic.layouts import synth_dataset
 
 __all__ = ["DISEASES", "DISTRACTOR_COLUMNS", "DOMAINS", "LABELS", "LESION_COLUMNS", "ORGANS", "Phantom",
            "draw_domain_factors", "generate_phantom", "malignancy_probability", "synth_dataset"]

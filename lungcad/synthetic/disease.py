@@ -40,7 +40,7 @@ import numpy as np
 
 from lungcad.synthetic.anatomy import AIRWAY_FLAG, BODY, BONE, LUNG, MEDIASTINUM, OUTSIDE, VESSEL
 from lungcad.synthetic.domain import RANDOMIZED, Band, band_uniform
-from lungcad.synthetic.lesions import LesionSpec
+from lungcad.synthetic.lesion_specs import LesionSpec
 from lungcad.synthetic.raster import SmoothField, label_lut, paint, paint_capsules
 
 DISEASES = ("emphysema", "reticulation", "consolidation", "atelectasis", "effusion", "pleural_plaques", "scars",
@@ -232,7 +232,7 @@ def paint_disease(rng: np.random.Generator, dis: dict, ctx, hu: np.ndarray, lab:
                   lung_height_mm: float, x_mid: float, airways=None) -> None:
     """Paint the diseases of ``dis`` (from :func:`draw_disease`) into the fine volume, in place.
 
-    ``ctx`` is the lesion :class:`~lungcad.synthetic.lesions.PlacementContext` (coarse labels,
+    ``ctx`` is the lesion :class:`~lungcad.synthetic.lesion_placement.PlacementContext` (coarse labels,
     distance to the chest wall, the fine grid and labels); ``z_apex`` the world z of the lung
     apex, ``lung_height_mm`` the apex-to-recess height, ``x_mid`` the world x of the midline;
     ``airways`` (a, b, lumen radius a, radius b), world mm, for mucus plugging.

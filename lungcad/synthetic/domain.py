@@ -290,7 +290,7 @@ class LesionRanges:
     cavitated_p: float = 0.07
     #: Ground-glass lesions with the vessels running through them.
     ggo_with_vessels_p: float = 0.1
-    # -- how they are drawn (lungcad.synthetic.lesions) --
+    # -- how they are drawn (lungcad.synthetic.lesion_specs, lesion_shapes) --
     #: Smallest diameter (mm) of each kind.
     convergent_min_mm: float = 10.0
     irregular_min_mm: float = 8.0

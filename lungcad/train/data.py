@@ -745,9 +745,9 @@ def _annotated(folder: Path, root: Path) -> Path | None:
 
 def background_exclusions(root: str | Path, extra: str | Path | None = None) -> pd.DataFrame:
     """The known lesions to keep away from in a folder of backgrounds: the package's table
-    (:func:`lungcad.synthetic.insertion.default_exclusions`), ``root/exclusions.csv`` when
+    (:func:`lungcad.synthetic.exclusions.default_exclusions`), ``root/exclusions.csv`` when
     present, and ``extra`` (a CSV path)."""
-    from lungcad.synthetic.insertion import default_exclusions, read_exclusions
+    from lungcad.synthetic.exclusions import default_exclusions, read_exclusions
 
     tables = [default_exclusions()]
     own = Path(root) / "exclusions.csv"
@@ -774,8 +774,8 @@ class _Background:
             if self._value is None:
                 from lungcad.io import load_series
                 from lungcad.lungmask import segment_lungs
-                from lungcad.synthetic.insertion import (estimate_host_noise, estimate_host_psf,
-                                                         mine_background_negatives)
+                from lungcad.synthetic.background_negatives import mine_background_negatives
+                from lungcad.synthetic.host_scanner import estimate_host_noise, estimate_host_psf
 
                 vol = load_series(self.info)
                 lung = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction).mask
@@ -793,7 +793,7 @@ def background_cases(root: str | Path, *, draws: int = 3, lesions_per_draw: int 
     """Cases of real CT backgrounds: ``draws`` cases per scan, each with ``lesions_per_draw``
     lesions inserted (:func:`lungcad.synthetic.insertion.insert_lesions`, seed
     ``[seed, scan index, draw]``) and ``negatives_per_draw`` hard negatives from the scan's
-    anatomy (:func:`~lungcad.synthetic.insertion.mine_background_negatives`, 10 mm or more from
+    anatomy (:func:`~lungcad.synthetic.background_negatives.mine_background_negatives`, 10 mm or more from
     the inserted lesions).
 
     Every CT series found under ``root`` (:func:`lungcad.io.discover`: DICOM, .mhd, NIfTI) is
@@ -826,7 +826,7 @@ def background_cases(root: str | Path, *, draws: int = 3, lesions_per_draw: int 
         raise ValueError(f"draws >= 1, lesions_per_draw >= 0 and negatives_per_draw >= 0 expected. Received "
                          f"draws={draws}, lesions_per_draw={lesions_per_draw}, "
                          f"negatives_per_draw={negatives_per_draw}")
-    from lungcad.synthetic.insertion import exclusions_for
+    from lungcad.synthetic.exclusions import exclusions_for
 
     table = background_exclusions(root, exclusions)
     series = [s for s in discover(root, errors=[]) if s.usable]

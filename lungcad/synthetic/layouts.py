@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from lungcad.atomic import atomic_write_text
-from lungcad.synthetic.lesions import LESION_COLUMNS
-from lungcad.synthetic.phantom import DISTRACTOR_COLUMNS, Phantom, generate_phantom
+from lungcad.synthetic.lesion_specs import LESION_COLUMNS
+from lungcad.synthetic.phantom import Phantom, generate_phantom
+from lungcad.synthetic.phantom_lesions import DISTRACTOR_COLUMNS
 from lungcad.volume import CTVolume
 
 LAYOUTS = ("dicom", "luna16", "dsb2017")
