@@ -19,8 +19,8 @@ def main(repeats: int = 3) -> list[dict]:
 
     from lungcad.fpr import build_fpr_model
     from lungcad.train import FPRDataset, SegmenterDataset, synthetic_cases
-    from lungcad.train.common import LesionLoss, dice
-    from lungcad.train.segmenter import build_segmenter
+    from lungcad.train.fit_segmenter import build_segmenter
+    from lungcad.train.losses import LesionLoss, dice
 
     case = synthetic_cases(1, seed=4243, slice_mm=2.5)[0].load()
     seg_ds = SegmenterDataset([case], tile=128, batch_size=16, steps=1000, seed=0)

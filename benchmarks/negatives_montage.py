@@ -19,7 +19,7 @@ def main() -> None:
     from lungcad.lungmask import segment_lungs
     from lungcad.synthetic.background_negatives import mine_background_negatives, montage
     from lungcad.synthetic.exclusions import exclusions_for
-    from lungcad.train.data import background_exclusions
+    from lungcad.train.sources.backgrounds import background_exclusions
 
     p = argparse.ArgumentParser()
     p.add_argument("root")

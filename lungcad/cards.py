@@ -1,6 +1,6 @@
 """Model cards: the ``<name>.card.json`` beside each ``<name>.keras`` file.
 
-Training writes the card (:func:`lungcad.train.common.make_card`): what the network is,
+Training writes the card (:func:`lungcad.train.model_card.make_card`): what the network is,
 how it was made, how good it is, and the preprocessing its weights hold for.  Loading
 the weights reads it back to check that preprocessing against the pipeline
 (:func:`lungcad.pipeline.check_fpr_model`).

@@ -134,7 +134,7 @@ def versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the stages with a config
-# Pipeline.run and training's candidate mining (lungcad.train.common.detect_candidates) call
+# Pipeline.run and training's candidate mining (lungcad.train.detection.detect_candidates) call
 # these, so that what the FPR network is trained on is what the pipeline asks it about.
 
 def lung_stage(volume: CTVolume, config: PipelineConfig):

@@ -42,7 +42,7 @@ def test_training_and_data_set_writers_leave_no_temporary_files(tmp_path):
     import pandas as pd
 
     from lungcad.synthetic.layouts import _write_csv, _write_json
-    from lungcad.train.common import atomic_write_text as train_writer
+    from lungcad.train.fit_loop import atomic_write_text as train_writer
 
     assert train_writer is atomic_write_text
     _write_csv(pd.DataFrame({"a": [1, 2]}), tmp_path / "t.csv")

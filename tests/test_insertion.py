@@ -289,7 +289,7 @@ def test_mined_negatives_in_the_real_popi_background(popi):
 @pytest.mark.real
 def test_background_cases_refuse_annotated_folders(real_data):
     from lungcad.errors import InputError
-    from lungcad.train.data import background_cases
+    from lungcad.train.sources.backgrounds import background_cases
 
     lidc = real_data / "lidc-idri"
     if not lidc.is_dir():

@@ -19,8 +19,10 @@ from lungcad.volume import CTVolume
 
 keras = pytest.importorskip("keras")
 
-from lungcad.train import data as D  # noqa: E402
-from lungcad.train.datasets import FPRDataset, SegmenterDataset  # noqa: E402
+from lungcad.train import cases as C  # noqa: E402
+from lungcad.train.fpr_batches import FPRDataset  # noqa: E402
+from lungcad.train.segmenter_batches import SegmenterDataset  # noqa: E402
+from lungcad.train.sources import dsb2017, lidc, luna16, phantoms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: Tiny phantoms: 320 mm field of view at 2.5 mm pixels, 8 mm slices (about 45 x 128 x 128).
@@ -28,7 +30,7 @@ TINY = '{"shape": [null, 128, 128], "spacing": [8.0, 2.5, 2.5]}'
 LESION_HU, LUNG_HU = 30, -850
 
 
-def toy_case(seed: int, *, diameter: float = 12.0, spacing=(2.5, 1.5, 1.5)) -> D.Case:
+def toy_case(seed: int, *, diameter: float = 12.0, spacing=(2.5, 1.5, 1.5)) -> C.Case:
     """Two elliptic lungs in soft tissue, one bright sphere in the left lung, one known negative."""
     rng = np.random.default_rng(seed)
     hu = np.full((40, 160, 160), 40, np.int16)
@@ -39,13 +41,13 @@ def toy_case(seed: int, *, diameter: float = 12.0, spacing=(2.5, 1.5, 1.5)) -> D
     hu = (hu + rng.normal(0, 10, hu.shape)).astype(np.int16)
     vol = CTVolume(hu, spacing=spacing, origin=(-120.0, -120.0, 0.0), patient_id=f"toy{seed}")
     centre = vol.voxel_to_world([20, 80 + rng.integers(-10, 10), 45])
-    les = D.lesion_table([{"coordX": centre[0], "coordY": centre[1], "coordZ": centre[2],
+    les = C.lesion_table([{"coordX": centre[0], "coordY": centre[1], "coordZ": centre[2],
                            "diameter_mm": diameter, "nodule": 1.0, "malignancy": 0.8}])
-    mask = D.sphere_mask(vol, les)
+    mask = C.sphere_mask(vol, les)
     vol.hu[mask] = LESION_HU
     neg = vol.voxel_to_world([20, 80, 115])
-    negs = D.negative_table([{"coordX": neg[0], "coordY": neg[1], "coordZ": neg[2], "diameter_mm": 5.0}])
-    return D.Case(vol, les, negs, lesion_mask=mask, lung_mask=lung)
+    negs = C.negative_table([{"coordX": neg[0], "coordY": neg[1], "coordZ": neg[2], "diameter_mm": 5.0}])
+    return C.Case(vol, les, negs, lesion_mask=mask, lung_mask=lung)
 
 
 @pytest.fixture(scope="module")
@@ -53,34 +55,34 @@ def toys():
     return [toy_case(i) for i in range(3)]
 
 
-def _ref(pid: str, i: int) -> D.CaseRef:
-    return D.CaseRef(patient_id=pid, loader=lambda: None, description=f"scan {i}")
+def _ref(pid: str, i: int) -> C.CaseRef:
+    return C.CaseRef(patient_id=pid, loader=lambda: None, description=f"scan {i}")
 
 
 # ------------------------------------------------------------------------------ split
 
 def test_split_by_patient_has_no_overlap_and_keeps_scans_together():
     refs = [_ref(f"P{i:02d}", 0) for i in range(10)] + [_ref("P03", 1), _ref("P07", 1)]
-    train, val = D.split_by_patient(refs, val_fraction=0.3, seed=4)
+    train, val = C.split_by_patient(refs, val_fraction=0.3, seed=4)
     tp, vp = {c.patient_id for c in train}, {c.patient_id for c in val}
     assert tp.isdisjoint(vp)
     assert len(vp) == 3 and len(tp) == 7
     assert len(train) + len(val) == len(refs)
     for pid in ("P03", "P07"):       # both scans of a patient on the same side
         assert sum(c.patient_id == pid for c in train) in (0, 2)
-    again = D.split_by_patient(refs, val_fraction=0.3, seed=4)[1]
+    again = C.split_by_patient(refs, val_fraction=0.3, seed=4)[1]
     assert [c.patient_id for c in again] == [c.patient_id for c in val]
-    assert {c.patient_id for c in D.split_by_patient(refs, val_fraction=0.3, seed=5)[1]} != vp
+    assert {c.patient_id for c in C.split_by_patient(refs, val_fraction=0.3, seed=5)[1]} != vp
 
 
 def test_split_edge_cases():
     refs = [_ref("A", 0), _ref("B", 0)]
-    assert D.split_by_patient(refs, val_fraction=0.0)[1] == []
-    train, val = D.split_by_patient(refs, val_fraction=0.01)     # at least one patient
+    assert C.split_by_patient(refs, val_fraction=0.0)[1] == []
+    train, val = C.split_by_patient(refs, val_fraction=0.01)     # at least one patient
     assert len(val) == 1 and len(train) == 1
-    assert D.split_by_patient([_ref("A", 0), _ref("A", 1)], val_fraction=0.5)[1] == []
+    assert C.split_by_patient([_ref("A", 0), _ref("A", 1)], val_fraction=0.5)[1] == []
     with pytest.raises(ValueError, match="val_fraction"):
-        D.split_by_patient(refs, val_fraction=1.0)
+        C.split_by_patient(refs, val_fraction=1.0)
 
 
 # ------------------------------------------------------------------------ sphere targets
@@ -88,17 +90,17 @@ def test_split_edge_cases():
 def test_sphere_mask_on_thick_slices_keeps_small_nodules():
     vol = CTVolume(np.zeros((20, 100, 100), np.int16), spacing=(5.0, 0.7, 0.7), origin=(0.0, 0.0, 0.0))
     # a 6 mm nodule centred between slices 10 and 11 (z = 52.5 mm)
-    les = D.lesion_table([{"coordX": 35.0, "coordY": 35.0, "coordZ": 52.5, "diameter_mm": 6.0,
+    les = C.lesion_table([{"coordX": 35.0, "coordY": 35.0, "coordZ": 52.5, "diameter_mm": 6.0,
                            "nodule": 1.0, "malignancy": np.nan}])
-    m = D.sphere_mask(vol, les)
+    m = C.sphere_mask(vol, les)
     assert sorted(set(np.nonzero(m)[0])) == [10, 11]
     area = m[10].sum() * 0.7 * 0.7               # the slab holds the full 6 mm cross-section
     assert area == pytest.approx(np.pi * 9.0, rel=0.15)
     # a 20 mm sphere on 1 mm slices: the volume of a sphere grown by half a slice in z
     vol = CTVolume(np.zeros((40, 60, 60), np.int16), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
-    les = D.lesion_table([{"coordX": 30.0, "coordY": 30.0, "coordZ": 20.0, "diameter_mm": 20.0,
+    les = C.lesion_table([{"coordX": 30.0, "coordY": 30.0, "coordZ": 20.0, "diameter_mm": 20.0,
                            "nodule": 1.0, "malignancy": np.nan}])
-    n = D.sphere_mask(vol, les).sum()
+    n = C.sphere_mask(vol, les).sum()
     assert 4 / 3 * np.pi * 1000 < n < 4 / 3 * np.pi * 1000 * 1.25
 
 
@@ -138,7 +140,7 @@ def test_segmenter_dataset_shapes_balance_and_alignment(toys):
 def test_dataset_workers_prepare_the_same_cases_in_order(toys):
     """With workers > 1 the cases are read and prepared by a thread pool: the same entries in
     the same order, so batches do not depend on the number of workers."""
-    refs = [D.CaseRef(patient_id=c.patient_id, loader=lambda c=c: c) for c in toys]
+    refs = [C.CaseRef(patient_id=c.patient_id, loader=lambda c=c: c) for c in toys]
     one = SegmenterDataset(refs, tile=64, batch_size=4, steps=2, augment=False, seed=1)
     many = SegmenterDataset(refs, tile=64, batch_size=4, steps=2, augment=False, seed=1, workers=3)
     assert many.pool.workers == 3 and one.pool.workers == 1
@@ -154,7 +156,7 @@ def test_segmenter_tiles_are_prepare_slices_crops(toys):
     case = toys[0]
     ds = SegmenterDataset([case], tile=64, batch_size=2, steps=1, augment=False, margin_mm=10.0)
     ent = ds.pool.entries[0]
-    from lungcad.train.datasets import lung_box_of
+    from lungcad.train.batching import lung_box_of
 
     box, _ = lung_box_of(case, margin_mm=10.0)
     ref, _ = prepare_slices(case.volume.hu[:, box[1], box[2]], spacing_zyx=case.volume.spacing,
@@ -173,11 +175,11 @@ def test_segmenter_tiles_avoid_lesions_of_unknown_label():
     case = toy_case(5)
     vol = case.volume
     centre = vol.voxel_to_world([20, 80, 115])              # in the right lung
-    zone = D.lesion_table([{"coordX": centre[0], "coordY": centre[1], "coordZ": centre[2],
+    zone = C.lesion_table([{"coordX": centre[0], "coordY": centre[1], "coordZ": centre[2],
                             "diameter_mm": 12.0, "nodule": np.nan, "malignancy": np.nan}])
-    vol.hu[D.sphere_mask(vol, zone)] = 1500                 # windowed to 1.0: nothing else is
-    case.lesions = D.lesion_table(pd.concat([case.lesions, zone], ignore_index=True))
-    assert case.unknown_target().sum() == D.sphere_mask(vol, zone).sum() > 0
+    vol.hu[C.sphere_mask(vol, zone)] = 1500                 # windowed to 1.0: nothing else is
+    case.lesions = C.lesion_table(pd.concat([case.lesions, zone], ignore_index=True))
+    assert case.unknown_target().sum() == C.sphere_mask(vol, zone).sum() > 0
     assert toy_case(0).unknown_target() is None
     ds = SegmenterDataset([case], tile=32, batch_size=8, steps=25, positive_fraction=0.25, seed=2)
     assert ds.pool.entries[0].unknown is not None
@@ -236,7 +238,7 @@ def test_fpr_dataset_orthogonal_views_and_benign_negatives(toys):
 
 
 def test_random_lung_points_stay_in_or_next_to_the_lungs(toys):
-    from lungcad.train.datasets import random_lung_points
+    from lungcad.train.batching import random_lung_points
 
     lung = toys[0].lung_mask
     pts = random_lung_points(lung, np.random.default_rng(0), n=500, reach=2)
@@ -263,7 +265,7 @@ def test_fpr_dataset_masses_get_coarser_patches_and_hard_negatives():
 
 @pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])
 def test_lesion_loss_weighs_lesion_pixels_by_balance(balance):
-    from lungcad.train.common import LesionLoss, lesion_loss
+    from lungcad.train.losses import LesionLoss, lesion_loss
 
     y = np.zeros((2, 10, 10, 1), np.float32)
     y[0, :2, :5] = 1.0                          # 10 lesion pixels, 90 background; tile 2 empty
@@ -281,27 +283,27 @@ def test_lesion_loss_weighs_lesion_pixels_by_balance(balance):
 
 def test_apply_patient_labels():
     vol = CTVolume(np.zeros((4, 8, 8), np.int16), spacing=(1, 1, 1), origin=(0, 0, 0), patient_id="p")
-    les = D.lesion_table([{"coordX": 1, "coordY": 1, "coordZ": 1, "diameter_mm": 5, "nodule": 1,
+    les = C.lesion_table([{"coordX": 1, "coordY": 1, "coordZ": 1, "diameter_mm": 5, "nodule": 1,
                            "malignancy": np.nan},
                           {"coordX": 5, "coordY": 5, "coordZ": 2, "diameter_mm": 12, "nodule": 1,
                            "malignancy": np.nan}])
-    case = D.Case(vol, les)
-    pos = D.apply_patient_labels(case, 1.0)
+    case = C.Case(vol, les)
+    pos = dsb2017.apply_patient_labels(case, 1.0)
     assert pos.patient_label == 1.0
     assert pos.lesions["malignancy"].tolist()[1] == 1.0 and math.isnan(pos.lesions["malignancy"][0])
-    neg = D.apply_patient_labels(case, 0.0)
+    neg = dsb2017.apply_patient_labels(case, 0.0)
     assert neg.lesions["malignancy"].tolist() == [0.0, 0.0]
     cands = pd.DataFrame({"coordX": [1.0, 2.0, 3.0, 4.0], "coordY": 0.0, "coordZ": 0.0,
                           "diameter_mm": 6.0, "probability": [0.2, 0.9, 0.5, 0.7]})
-    weak = D.apply_patient_labels(D.Case(vol), 1.0, weak_candidates=cands)
+    weak = dsb2017.apply_patient_labels(C.Case(vol), 1.0, weak_candidates=cands)
     assert weak.lesions[["coordX", "malignancy"]].values.tolist() == [[2.0, 1.0]]
     assert math.isnan(weak.lesions["nodule"][0])               # does not train the nodule head
-    weak0 = D.apply_patient_labels(D.Case(vol), 0.0, weak_candidates=cands)
+    weak0 = dsb2017.apply_patient_labels(C.Case(vol), 0.0, weak_candidates=cands)
     assert weak0.lesions["coordX"].tolist() == [2.0, 4.0, 3.0] and (weak0.lesions["malignancy"] == 0).all()
 
 
 def test_hard_negatives_keep_clear_of_lesions(toys):
-    from lungcad.train.fpr import hard_negatives
+    from lungcad.train.fit_fpr import hard_negatives
 
     case = toys[0]
     c = case.lesions.iloc[0]
@@ -315,7 +317,7 @@ def test_hard_negatives_keep_clear_of_lesions(toys):
 def test_mining_ranks_hard_negatives_by_an_fpr_network(toys):
     """Bootstrapping: with an FPR network the hard negatives are the non-lesions it scores
     highest (its mistakes), in that order, rather than the U-Net's most probable ones."""
-    from lungcad.train.fpr import mine_hard_negatives
+    from lungcad.train.fit_fpr import mine_hard_negatives
 
     case = toy_case(7)
     zz, yy, xx = np.mgrid[:40, :160, :160]
@@ -369,7 +371,7 @@ def test_luna16_cases(tmp_path, toys):
                   "class": [0, 0, 0, 1, 0]}).to_csv(tmp_path / "candidates_V2.csv", index=False)
     pd.DataFrame({"seriesuid": [uid], "coordX": [exc[0]], "coordY": [exc[1]], "coordZ": [exc[2]],
                   "diameter_mm": [6.0]}).to_csv(tmp_path / "annotations_excluded.csv", index=False)
-    refs = D.luna16_cases(tmp_path)
+    refs = luna16.luna16_cases(tmp_path)
     assert [r.patient_id for r in refs] == [uid]
     c = refs[0].load()
     assert len(c.lesions) == 1 and math.isnan(c.lesions["malignancy"][0]) and c.lesions["nodule"][0] == 1
@@ -384,7 +386,7 @@ def test_synth_dir_cases(tmp_path):
 
     lesions = synth_dataset(tmp_path, patients=1, seed=3, layout="luna16", size=128, slice_mm=8.0,
                             n_nodules=2, n_masses=0)
-    refs = D.synth_dir_cases(tmp_path)
+    refs = phantoms.synth_dir_cases(tmp_path)
     assert len(refs) == 1
     case = refs[0].load()
     big = lesions[lesions["diameter_mm"] >= 3.0]
@@ -395,7 +397,7 @@ def test_synth_dir_cases(tmp_path):
 
 @pytest.mark.real
 def test_lidc_cases_real(lidc_dir):
-    refs = D.lidc_cases(lidc_dir)
+    refs = lidc.lidc_cases(lidc_dir)
     assert len(refs) == 1 and refs[0].patient_id == "LIDC-IDRI-0003"
     case = refs[0].load()
     les = case.lesions.sort_values("diameter_mm", ascending=False).reset_index(drop=True)
@@ -477,7 +479,7 @@ def test_cli_train_init_weights_fine_tunes(segmenter_run, tmp_path, capsys):
     """--init-weights starts from a trained file of the same network (the card names it with
     its sha256); a file of another network is one clear error, and so is a missing one."""
     from lungcad.cli import main
-    from lungcad.train.common import sha256
+    from lungcad.train.model_card import sha256
 
     init = segmenter_run / "segmenter.keras"
     args = ["train", "segmenter", *TINY_DATA, "--epochs", "1", "--tile", "64", "--depth", "2",
@@ -597,7 +599,7 @@ def test_randomized_training_phantoms_draw_their_own_thickness_and_families_are_
 
     from lungcad.errors import InputError
     from lungcad.synthetic.scan_plan import draw_domain_factors
-    from lungcad.train.data import SLICE_PROTOCOLS, phantom_protocol, synth_dir_cases, synthetic_cases
+    from lungcad.train.sources.phantoms import SLICE_PROTOCOLS, phantom_protocol, synth_dir_cases, synthetic_cases
 
     seed = 5
     case = synthetic_cases(1, seed=seed, phantom_kwargs={"domain": "randomized", "vessel_density": 0.3})[0].load()

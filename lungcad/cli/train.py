@@ -53,7 +53,7 @@ def add_parser(sub, parents):
     d.add_argument("--dsb", metavar="DIR", help="DSB2017 folder (stage1/<patient>/*.dcm); needs --dsb-labels")
     d.add_argument("--dsb-labels", metavar="CSV",
                    help="DSB2017 stage1_labels.csv (id,cancer): patient labels, used as weak malignancy "
-                        "labels (see lungcad.train.data.apply_patient_labels)")
+                        "labels (see lungcad.train.sources.dsb2017.apply_patient_labels)")
     d.add_argument("--backgrounds", metavar="DIR",
                    help="real CT scans without reads (any folder; DICOM, .mhd, NIfTI): lesions are inserted "
                         "with each scan's blur and noise, and hard negatives mined from its anatomy. Series "
@@ -153,39 +153,39 @@ def _set_backend(backend: str | None) -> None:
 
 def gather_cases(args) -> tuple[list, dict]:
     """The cases of every data source on the command line, and their description for the card."""
-    from lungcad.train import data as D
+    from lungcad.train.sources import backgrounds, dsb2017, lidc, luna16, phantoms
 
     cases, sources = [], []
     if args.synthetic:
         pk = _json_arg(args.phantom_kwargs, "--phantom-kwargs")
-        cases += D.synthetic_cases(args.synthetic, seed=args.synthetic_seed, full_size=args.full_size,
-                                   pixel_mm=args.phantom_pixel_mm, mass_fraction=args.mass_fraction,
-                                   phantom_kwargs=pk, cache_dir=args.cache_dir)
+        cases += phantoms.synthetic_cases(args.synthetic, seed=args.synthetic_seed, full_size=args.full_size,
+                                          pixel_mm=args.phantom_pixel_mm, mass_fraction=args.mass_fraction,
+                                          phantom_kwargs=pk, cache_dir=args.cache_dir)
         sources.append({"source": "synthetic", "n": args.synthetic,
                         "seeds": [args.synthetic_seed, args.synthetic_seed + args.synthetic - 1],
                         "full_size": bool(args.full_size),
                         "pixel_mm": None if args.full_size else args.phantom_pixel_mm,
-                        "slice_protocols_mm": dict(D.SLICE_PROTOCOLS), "mass_fraction": args.mass_fraction,
+                        "slice_protocols_mm": dict(phantoms.SLICE_PROTOCOLS), "mass_fraction": args.mass_fraction,
                         "phantom_kwargs": pk})
     if args.synthetic_dir:
-        found = D.synth_dir_cases(args.synthetic_dir, max_cases=args.max_cases)
+        found = phantoms.synth_dir_cases(args.synthetic_dir, max_cases=args.max_cases)
         cases += found
         sources.append({"source": "synthetic-dir", "path": str(args.synthetic_dir), "n": len(found)})
     if args.luna16:
-        found = D.luna16_cases(args.luna16, max_cases=args.max_cases)
+        found = luna16.luna16_cases(args.luna16, max_cases=args.max_cases)
         cases += found
         sources.append({"source": "luna16", "path": str(args.luna16), "n": len(found)})
     if args.lidc:
-        found = D.lidc_cases(args.lidc, max_cases=args.max_cases)
+        found = lidc.lidc_cases(args.lidc, max_cases=args.max_cases)
         cases += found
         sources.append({"source": "lidc-idri", "path": str(args.lidc), "n": len(found), "min_readers": 3,
                         "malignancy_target": "(mean rating - 1) / 4"})
     if args.backgrounds:
         report: list = []
-        found = D.background_cases(args.backgrounds, draws=args.background_draws,
-                                   lesions_per_draw=args.background_lesions,
-                                   negatives_per_draw=args.background_negatives, seed=args.seed,
-                                   exclusions=args.exclusions, max_cases=args.max_cases, report=report)
+        found = backgrounds.background_cases(args.backgrounds, draws=args.background_draws,
+                                             lesions_per_draw=args.background_lesions,
+                                             negatives_per_draw=args.background_negatives, seed=args.seed,
+                                             exclusions=args.exclusions, max_cases=args.max_cases, report=report)
         cases += found
         # ``report`` fills in as the draws load, before the card is written
         sources.append({"source": "backgrounds", "path": str(args.backgrounds), "n": len(found),
@@ -197,14 +197,14 @@ def gather_cases(args) -> tuple[list, dict]:
     if args.dsb:
         if not args.dsb_labels:
             raise argparse.ArgumentTypeError("--dsb needs --dsb-labels (stage1_labels.csv)")
-        found = D.dsb2017_cases(args.dsb, args.dsb_labels, max_cases=args.max_cases)
+        found = dsb2017.dsb2017_cases(args.dsb, args.dsb_labels, max_cases=args.max_cases)
         cases += found
         sources.append({"source": "dsb2017", "path": str(args.dsb), "labels": str(args.dsb_labels),
                         "n": len(found), "weak_labels": "top candidate of the segmenter (label 1) / "
                                                          "top 3 candidates malignancy 0 (label 0)"})
     elif args.dsb_labels:
-        labels = D.read_patient_labels(args.dsb_labels)
-        cases = D.with_patient_labels(cases, labels)
+        labels = dsb2017.read_patient_labels(args.dsb_labels)
+        cases = dsb2017.with_patient_labels(cases, labels)
         sources.append({"source": "patient-labels", "labels": str(args.dsb_labels),
                         "matched": sum(c.patient_id in labels for c in cases)})
     if not cases:
@@ -226,7 +226,8 @@ def run(args) -> int:
     if not load_backend("train", debug=args.debug):
         return 1
     from lungcad.config import load_config
-    from lungcad.train import TrainSettings, data as D
+    from lungcad.train import TrainSettings
+    from lungcad.train.sources import phantoms
 
     config = load_config(args.pipeline)
     verbose = 2 if (args.no_progress or not sys.stdout.isatty()) else 1
@@ -242,10 +243,10 @@ def run(args) -> int:
     except (argparse.ArgumentTypeError, ValueError) as e:
         print(f"lungcad train: error: {e}", file=sys.stderr)
         return 2
-    holdout = (D.synthetic_cases(args.holdout, seed=args.holdout_seed, full_size=args.full_size,
-                                 pixel_mm=args.phantom_pixel_mm, mass_fraction=args.mass_fraction,
-                                 phantom_kwargs=_json_arg(args.phantom_kwargs, "--phantom-kwargs"),
-                                 cache_dir=args.cache_dir)
+    holdout = (phantoms.synthetic_cases(args.holdout, seed=args.holdout_seed, full_size=args.full_size,
+                                        pixel_mm=args.phantom_pixel_mm, mass_fraction=args.mass_fraction,
+                                        phantom_kwargs=_json_arg(args.phantom_kwargs, "--phantom-kwargs"),
+                                        cache_dir=args.cache_dir)
                if args.holdout else None)
     if holdout:
         overlap = {c.patient_id for c in holdout} & {c.patient_id for c in cases}
@@ -336,7 +337,7 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
                      else Path(args.mine_fpr))
         ranker = load_keras_model(rank_path)
         from lungcad.fpr import model_patch_shape, model_views, patch_shape
-        from lungcad.train.common import sha256
+        from lungcad.train.model_card import sha256
 
         views = model_views(ranker)
         if views is None or model_patch_shape(ranker) != patch_shape(views, config.fpr.patch_size):

@@ -10,10 +10,13 @@ import pandas as pd
 import keras
 
 from lungcad.config import PipelineConfig
-from lungcad.train.common import (LesionLoss, TrainResult, TrainSettings, detect_candidates, dice, fit,
-                                  last_metrics, make_card, match_candidates, write_outputs)
-from lungcad.train.data import CaseLike, split_by_patient
-from lungcad.train.datasets import SegmenterDataset
+from lungcad.train.cases import CaseLike, split_by_patient
+from lungcad.train.detection import detect_candidates, match_candidates
+from lungcad.train.fit_loop import fit, write_outputs
+from lungcad.train.losses import LesionLoss, dice
+from lungcad.train.model_card import last_metrics, make_card
+from lungcad.train.segmenter_batches import SegmenterDataset
+from lungcad.train.settings import TrainResult, TrainSettings
 
 #: U-Net family keywords of the shipped segmenter.
 DEFAULT_UNET = {"depth": 4, "base_filters": 16}
@@ -100,7 +103,7 @@ def train_segmenter(cases: Sequence[CaseLike], *, config: PipelineConfig | None 
 
     Parameters
     ----------
-    cases : Case or CaseRef objects (see :mod:`lungcad.train.data`)
+    cases : Case or CaseRef objects (see :mod:`lungcad.train.cases`)
     config : the pipeline whose candidate preprocessing the network is trained for
         (the default pipeline when None)
     settings : epochs, steps, batch size, seed... (:class:`TrainSettings`)

@@ -6,7 +6,7 @@ one such as ``wrn3d`` sees a cube) with two heads.  The ``nodule`` head learns l
 against non-nodules; the ``malignancy`` head learns the malignancy target of lesions only
 (sample weight 0 elsewhere).  When a segmenter is given, its candidates on the training
 scans that hit no lesion become *hard negatives*, and DSB2017 patient labels become weak
-lesion labels (:func:`lungcad.train.data.apply_patient_labels`).
+lesion labels (:func:`lungcad.train.sources.dsb2017.apply_patient_labels`).
 """
 from __future__ import annotations
 
@@ -25,10 +25,13 @@ from lungcad.fpr import (MALIGNANCY, NODULE, PREPROCESSING, build_fpr_model, mod
                          views_for)
 from lungcad.models.registry import REGISTRY
 from lungcad.pipeline import fpr_stage
-from lungcad.train.common import (TrainResult, TrainSettings, detect_candidates, fit, last_metrics,
-                                  make_card, match_candidates, write_outputs)
-from lungcad.train.data import Case, CaseLike, CaseRef, apply_patient_labels, drop_near, split_by_patient
-from lungcad.train.datasets import FPRDataset
+from lungcad.train.cases import Case, CaseLike, CaseRef, drop_near, split_by_patient
+from lungcad.train.detection import detect_candidates, match_candidates
+from lungcad.train.fit_loop import fit, write_outputs
+from lungcad.train.fpr_batches import FPRDataset
+from lungcad.train.model_card import last_metrics, make_card
+from lungcad.train.settings import TrainResult, TrainSettings
+from lungcad.train.sources.dsb2017 import apply_patient_labels
 
 #: Backbone keywords of a WideResNet when none are given (WRN-10-1).  The shipped classifier
 #: is a WRN-16-2 (its card's command passes --depth 16 --width 2).
@@ -206,7 +209,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
 
     Parameters
     ----------
-    cases : Case or CaseRef objects (see :mod:`lungcad.train.data`)
+    cases : Case or CaseRef objects (see :mod:`lungcad.train.cases`)
     config : the pipeline whose FPR preprocessing the network is trained for
     settings : epochs, steps, batch size, seed... (:class:`TrainSettings`)
     backbone, backbone_kwargs : the zoo backbone (default: the config's ``[fpr] backbone``;
@@ -223,7 +226,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
         hard negatives are its highest-scored false positives (see :func:`mine_hard_negatives`)
     out : the ``.keras`` file to write (and ``<name>.card.json`` beside it); None writes none
     run_dir, resume, holdout, data_info, command : as for
-        :func:`lungcad.train.segmenter.train_segmenter`; with a segmenter the held-out
+        :func:`lungcad.train.fit_segmenter.train_segmenter`; with a segmenter the held-out
         metrics include the whole pipeline's candidate and patient AUC
     """
     config = config or PipelineConfig()

@@ -1,5 +1,5 @@
-"""What both trainings share: settings, losses, the fit loop with checkpoints and resume,
-held-out candidate detection, and the model card.
+"""The fit loop both trainings share: checkpoints, early stopping, resume and a time limit in a
+run directory, and the shipped file with its model card.
 
 A run directory holds::
 
@@ -9,18 +9,14 @@ A run directory holds::
     log.csv         the CSV training log, one row per epoch
 
 The shipped file (``out``) is the best model without optimizer state, loadable with
-``safe_mode=True`` on any backend, and next to it ``<name>.card.json``, its model card.
+``safe_mode=True`` on any backend, and next to it ``<name>.card.json``, its model card
+(:mod:`lungcad.train.model_card`).
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import math
-import platform
-import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,141 +24,13 @@ import numpy as np
 import pandas as pd
 
 import keras
-from keras import ops
 
-from lungcad import __version__
 from lungcad.atomic import atomic_path, atomic_write_text
 from lungcad.cards import card_path_for
-from lungcad.config import PipelineConfig
 from lungcad.errors import InputError
+from lungcad.train.model_card import _num, _plain, command_line, sha256
+from lungcad.train.settings import TrainSettings
 
-
-@dataclass
-class TrainSettings:
-    """Options of a training run that do not depend on the network.
-
-    Attributes
-    ----------
-    epochs : total epochs (a resumed run goes on up to this number)
-    steps_per_epoch, val_steps : batches per training epoch and per validation pass
-    batch_size : samples per batch
-    learning_rate : Adam's initial learning rate (halved when the validation loss stalls)
-    patience : early stopping after this many epochs without a better validation loss
-    val_fraction : share of *patients* held out for validation
-    seed : seeds Keras (weights, dropout), the split and the data sampling
-    workers : PyDataset worker threads
-    max_cases_in_memory : load a new random subset of this many cases each epoch (None: all)
-    verbose : Keras ``fit`` verbosity (1 a progress bar, 2 one line per epoch, 0 silent)
-    init_weights : a ``.keras`` file of the same network to start from (fine-tuning) rather
-        than new random weights; a resumed run starts from its checkpoint instead
-    time_limit_min : stop after the first epoch that ends past this many minutes of training
-        (a batch job's wall time); the best weights so far are kept, and ``--resume`` goes on
-    """
-
-    epochs: int = 20
-    steps_per_epoch: int = 100
-    val_steps: int = 10
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    patience: int = 6
-    val_fraction: float = 0.2
-    seed: int = 0
-    workers: int = 1
-    max_cases_in_memory: int | None = None
-    verbose: int = 1
-    init_weights: str | None = None
-    time_limit_min: float | None = None
-
-    def check(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "val_steps", "batch_size", "workers"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1. Received {v!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate: expected a positive number. Received {self.learning_rate!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: expected a number in [0, 1). Received {self.val_fraction!r}")
-        if self.time_limit_min is not None and not self.time_limit_min > 0:
-            raise ValueError(f"time_limit_min: expected a positive number of minutes. "
-                             f"Received {self.time_limit_min!r}")
-        if self.init_weights is not None and not Path(self.init_weights).is_file():
-            raise ValueError(f"init_weights: {self.init_weights}: file not found")
-
-
-@dataclass
-class TrainResult:
-    """What a training function returns: the model (best weights), its card and the log."""
-
-    model: Any
-    card: dict
-    history: pd.DataFrame
-    out: Path | None = None
-    card_path: Path | None = None
-    extra: dict = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------ losses, metrics
-
-def _lesion_loss(y_true, y_pred, balance: float, dice_weight: float):
-    y_true = ops.cast(y_true, y_pred.dtype)
-    p = ops.clip(y_pred, 1e-6, 1.0 - 1e-6)
-    axes = tuple(range(1, len(y_pred.shape)))
-    n_pos = ops.sum(y_true, axis=axes)
-    n_neg = ops.sum(1.0 - y_true, axis=axes)
-    pos = ops.sum(-ops.log(p) * y_true, axis=axes) / ops.maximum(n_pos, 1.0)
-    neg = ops.sum(-ops.log(1.0 - p) * (1.0 - y_true), axis=axes) / ops.maximum(n_neg, 1.0)
-    # lesion pixels weigh (n_neg / n_pos) ** balance times a background pixel
-    w = ops.power(ops.maximum(n_pos, 1.0) / ops.maximum(n_neg, 1.0), 1.0 - balance)
-    has = ops.cast(n_pos > 0, y_pred.dtype)
-    inter = ops.sum(y_true * y_pred, axis=axes)
-    dice_t = (2.0 * inter + 1.0) / (n_pos + ops.sum(y_pred, axis=axes) + 1.0)
-    return neg + w * pos + dice_weight * has * (1.0 - dice_t)
-
-
-@keras.saving.register_keras_serializable(package="lungcad")
-class LesionLoss(keras.losses.Loss):
-    """Class-balanced cross-entropy plus soft Dice, per tile.
-
-    * cross-entropy where a lesion pixel weighs ``(n_background / n_lesion) ** balance``
-      times a background pixel of its tile.  ``balance=0`` is plain cross-entropy, which
-      learns the masses first and predicts 0 on small nodules (there the sigmoid
-      saturates and the Dice gradient vanishes); ``balance=1`` gives the lesion pixels of a
-      tile as much weight as all its background, which finds every nodule but also fires
-      on many vessels; ``0.5`` lies between;
-    * ``dice_weight * (1 - soft Dice)`` on tiles that hold a lesion, for the overlap.
-    """
-
-    def __init__(self, balance: float = 0.5, dice_weight: float = 0.5, name: str = "lesion_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        if not 0.0 <= float(balance) <= 1.0:
-            raise ValueError(f"balance: expected a number in [0, 1]. Received {balance!r}")
-        self.balance = float(balance)
-        self.dice_weight = float(dice_weight)
-
-    def call(self, y_true, y_pred):
-        return _lesion_loss(y_true, y_pred, self.balance, self.dice_weight)
-
-    def get_config(self):
-        return {**super().get_config(), "balance": self.balance, "dice_weight": self.dice_weight}
-
-
-@keras.saving.register_keras_serializable(package="lungcad")
-def lesion_loss(y_true, y_pred):
-    """:class:`LesionLoss` with ``balance=1`` (the loss of checkpoints saved with a plain function)."""
-    return _lesion_loss(y_true, y_pred, 1.0, 0.5)
-
-
-@keras.saving.register_keras_serializable(package="lungcad")
-def dice(y_true, y_pred):
-    """Dice of the prediction thresholded at 0.5, over the batch (1 when both are empty)."""
-    y_true = ops.cast(y_true >= 0.5, "float32")
-    y_hat = ops.cast(y_pred >= 0.5, "float32")
-    inter = ops.sum(y_true * y_hat)
-    denom = ops.sum(y_true) + ops.sum(y_hat)
-    return ops.where(denom > 0, 2.0 * inter / ops.maximum(denom, 1.0), 1.0)
-
-
-# -------------------------------------------------------------------------- run directory
 
 class TimeLimit(keras.callbacks.Callback):
     """Stops training after the first epoch that ends ``minutes`` after training began."""
@@ -375,85 +243,6 @@ def _trim_log(log_path: Path, epochs: int) -> None:
         df[df["epoch"] < epochs].to_csv(log_path, index=False)
 
 
-def _num(v):
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-# ------------------------------------------------------------------------- candidates
-
-def detect_candidates(volume, segmenter, config: PipelineConfig, *, lung_mask=None) -> pd.DataFrame:
-    """The candidate table that the pipeline's first stages (lung mask, U-Net, morphology)
-    give for ``volume``: what the FPR network will be asked to classify."""
-    from lungcad import lungmask
-    from lungcad.pipeline import candidate_stage, lung_stage, morphology_stage
-
-    if lung_mask is None:
-        lm, box = lung_stage(volume, config)
-        lung_mask = lm.mask
-    else:
-        box = lungmask.lung_box(lung_mask, spacing_zyx=volume.spacing, margin_mm=config.lungmask.margin_mm)
-    prob = candidate_stage(volume, segmenter, box, config)
-    return morphology_stage(volume, prob, lung_mask, config)
-
-
-def match_candidates(candidates: pd.DataFrame, lesions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """LUNA16 hits: ``hit[j]`` is True when lesion j has a candidate within its radius;
-    ``fp[i]`` is True when candidate i lies within the radius of no lesion."""
-    if len(lesions) == 0:
-        return np.zeros(0, dtype=bool), np.ones(len(candidates), dtype=bool)
-    if len(candidates) == 0:
-        return np.zeros(len(lesions), dtype=bool), np.zeros(0, dtype=bool)
-    a = candidates[["coordX", "coordY", "coordZ"]].to_numpy(float)
-    b = lesions[["coordX", "coordY", "coordZ"]].to_numpy(float)
-    r = lesions["diameter_mm"].to_numpy(float) / 2.0
-    within = np.linalg.norm(a[:, None] - b[None], axis=-1) <= r[None]
-    return within.any(axis=0), ~within.any(axis=1)
-
-
-# ----------------------------------------------------------------------------- model card
-
-def command_line(argv: list[str] | None = None) -> str:
-    """The command that ran, as one shell-style line."""
-    import shlex
-
-    argv = sys.argv if argv is None else argv
-    prog = "lungcad" if argv and (argv[0].endswith("lungcad") or argv[0].endswith("__main__.py")) else argv[0]
-    return " ".join([prog] + [shlex.quote(a) for a in argv[1:]]) if argv else ""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def make_card(*, name: str, task: str, model, architecture: dict, preprocessing: dict, data: dict,
-              settings: TrainSettings, fit_info: dict, metrics: dict, command: str | None) -> dict:
-    """The model card: what the file is, how it was made, how good it is."""
-    return {
-        "name": name,
-        "task": task,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else command_line(),
-        "lungcad_version": __version__,
-        "keras_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "python": platform.python_version(),
-        "parameters": int(model.count_params()),
-        "architecture": architecture,
-        "preprocessing": preprocessing,
-        "data": data,
-        "seed": settings.seed,
-        "training": {**asdict(settings), **fit_info},
-        "metrics": metrics,
-    }
-
-
 def write_outputs(model, card: dict, out: Path | None, *, build: Callable[[], Any]
                   ) -> tuple[Path | None, Path | None]:
     """Save the inference model (rebuilt by ``build()``, without optimizer state) to ``out``
@@ -471,29 +260,3 @@ def write_outputs(model, card: dict, out: Path | None, *, build: Callable[[], An
     cpath = card_path_for(out)
     atomic_write_text(cpath, json.dumps(_plain(card), indent=2) + "\n")
     return out, cpath
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def last_metrics(history: pd.DataFrame, best_epoch: int) -> dict:
-    """Train/val values of the final epoch and of the best epoch, from the CSV log."""
-    if len(history) == 0:
-        return {}
-    cols = [c for c in history.columns if c not in ("epoch",)]
-    final = {f"final_{c}": _num(history[c].iloc[-1]) for c in cols}
-    rows = history[history["epoch"] == best_epoch - 1] if "epoch" in history else history.iloc[0:0]
-    best = {f"best_{c}": _num(rows[c].iloc[0]) for c in cols} if len(rows) else {}
-    return {**final, **best}
