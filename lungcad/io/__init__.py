@@ -9,7 +9,7 @@
 from lungcad.io.discover import SeriesInfo, choose_series, discover, kernel_rank, load_ct, \
     load_series
 from lungcad.io.lidc import lidc_consensus, read_lidc_xml
-from lungcad.io.writers import ITK_SUFFIXES, write_dicom_multiframe, write_dicom_series, write_itk
+from lungcad.io.write_volume import ITK_SUFFIXES, write_dicom_multiframe, write_dicom_series, write_itk
 
 __all__ = ["ITK_SUFFIXES", "SeriesInfo", "choose_series", "discover", "kernel_rank",
            "lidc_consensus", "load_ct", "load_series", "read_lidc_xml", "write_dicom_multiframe",

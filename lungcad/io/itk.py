@@ -90,7 +90,7 @@ import numpy as np
 
 from lungcad.errors import InputError
 from lungcad.io.dicom import HU_AIR, _c_library_output
-from lungcad.io.writers import ITK_SUFFIXES
+from lungcad.io.write_volume import ITK_SUFFIXES
 from lungcad.volume import CTVolume
 
 __all__ = ["is_itk_file", "itk_stem", "read_itk_info", "load_itk", "capture_sitk_messages",
