@@ -30,7 +30,7 @@ import numpy as np
 from fuzz_inputs import SENTINEL_HU, Case
 from lungcad.errors import InputError
 from lungcad.io import discover, load_ct, load_series
-from lungcad.io.dicom import read_header
+from lungcad.io.dicom_header import read_header
 from lungcad.io.itk import load_itk, read_itk_info
 from lungcad.volume import CTVolume
 

@@ -48,7 +48,7 @@ import fuzz_inputs as fi
 from fuzz_harness import Outcome, case_from_folder, run_case
 from lungcad.errors import InputError
 from lungcad.io import discover, load_ct
-from lungcad.io.dicom import read_header
+from lungcad.io.dicom_header import read_header
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 #: Examples per fuzz test: the whole file takes about 95 s of CPU (measured: 93 s of CPU, 147 s
@@ -198,7 +198,7 @@ def _seed_case(env: Env, name: str) -> fi.Case:
 def test_harness_reports_an_exception_that_is_not_input_error(env, monkeypatch):
     def broken(*a, **kw):
         raise OverflowError("Python int too large to convert to C long")
-    monkeypatch.setattr("lungcad.io.dicom._to_hu", broken)
+    monkeypatch.setattr("lungcad.io.dicom_decode._to_hu", broken)
     outcome = env.run(_seed_case(env, "series"), "harness-escape")
     assert not outcome.ok and outcome.kind == "escape"
     assert outcome.error.startswith("OverflowError") and "load_series" in outcome.where

@@ -22,7 +22,7 @@ from lungcad.io import (
     write_dicom_series,
     write_itk,
 )
-from lungcad.io import dicom as io_dicom
+from lungcad.io import dicom_decode as io_dicom_decode
 from lungcad.volume import CTVolume
 
 CUBE = (slice(5, 8), slice(10, 14), slice(20, 25))  # z, y, x of a bright cube
@@ -150,7 +150,7 @@ def _without_pydicom_decoders(monkeypatch) -> None:
     def no_decoder(path):
         raise NotImplementedError("no decoder for this transfer syntax (test)")
 
-    monkeypatch.setattr(io_dicom, "_decode_file", no_decoder)
+    monkeypatch.setattr(io_dicom_decode, "_decode_file", no_decoder)
 
 
 def _recompress_jpeg_lossless(src: Path, dst: Path) -> None:

@@ -21,7 +21,10 @@ from pydicom.data import get_testdata_file
 from fuzz_inputs import bare_dataset
 from lungcad.errors import InputError
 from lungcad.io import discover, load_ct, write_dicom_multiframe, write_dicom_series
-from lungcad.io.dicom import SliceHeader, is_valid_uid, looks_like_dicom, plan_stack
+from lungcad.io.dicom_attributes import is_valid_uid
+from lungcad.io.dicom_header import looks_like_dicom
+from lungcad.io.dicom_slices import SliceHeader
+from lungcad.io.dicom_stack import plan_stack
 from lungcad.volume import CTVolume
 
 io_discover = importlib.import_module("lungcad.io.discover")  # the module, not the function

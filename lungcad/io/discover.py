@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from lungcad.errors import InputError
-from lungcad.io.dicom import DicomFileHeader, check_geometry_present, load_dicom_stack, \
-    looks_like_dicom, plan_stack, read_header, series_warnings, uid_name
+from lungcad.io.dicom import check_geometry_present, load_dicom_stack, series_warnings
+from lungcad.io.dicom_attributes import uid_name
+from lungcad.io.dicom_header import DicomFileHeader, looks_like_dicom, read_header
+from lungcad.io.dicom_stack import plan_stack
 from lungcad.io.itk import is_itk_file, itk_stem, load_itk, read_itk_info
 from lungcad.volume import CTVolume
 

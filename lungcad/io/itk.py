@@ -89,7 +89,8 @@ from typing import Iterator
 import numpy as np
 
 from lungcad.errors import InputError
-from lungcad.io.dicom import HU_AIR, _c_library_output
+from lungcad.io.c_library_output import _c_library_output
+from lungcad.io.dicom_decode import HU_AIR
 from lungcad.io.write_volume import ITK_SUFFIXES
 from lungcad.volume import CTVolume
 

@@ -70,7 +70,7 @@ def _geometry(geometry: CTVolume | str | os.PathLike) -> dict[str, Any]:
                 "direction": np.asarray(geometry.direction, float),
                 "spacing": tuple(geometry.spacing), "series_uid": geometry.series_uid}
     from lungcad.io.discover import discover
-    from lungcad.io.dicom import plan_stack
+    from lungcad.io.dicom_stack import plan_stack
 
     folder = Path(geometry)
     series = [s for s in discover(folder, errors=[]) if s.format != "itk" and s.headers]
