@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from lungcad.inference import predict_batched
+
 
 def window(hu: np.ndarray, window_hu=(-1000.0, 400.0)) -> np.ndarray:
     """Clip HU to ``window_hu`` and scale to [0, 1] as float32."""
@@ -110,17 +112,9 @@ def predict_probability_map(hu: np.ndarray, *, spacing_zyx, model, box=None, con
         x, size = prepare_slices(block, spacing_zyx=spacing_zyx, context_slices=c, pixel_mm=pixel_mm,
                                  window_hu=window_hu, tile=tile)
         x = x[start - lo: start - lo + (stop - start)]
-        prob = _run(model, x, batch_size)[..., 0][:, :size[0], :size[1]]
+        prob = predict_batched(model, x, batch_size=batch_size)[..., 0][:, :size[0], :size[1]]
         if prob.shape[1:] != sub_shape[1:]:
             prob = ndimage.zoom(prob, (1.0, sub_shape[1] / prob.shape[1], sub_shape[2] / prob.shape[2]),
                                 order=1, prefilter=False, grid_mode=True, mode="nearest")
         out[start:stop, box[1], box[2]] = np.clip(prob, 0.0, 1.0)
     return out
-
-
-def _run(model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    predict = getattr(model, "predict", None)
-    if predict is not None:
-        return np.asarray(predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
-    parts = [np.asarray(model(x[i:i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)]
-    return np.concatenate(parts, axis=0)

@@ -151,7 +151,7 @@ class FPRConfig:
     one is dropped as a part of it (0 = off)."""
 
     def __post_init__(self):
-        from lungcad.fpr import TTA_CHOICES
+        from lungcad.inference import TTA_CHOICES
 
         if self.tta not in TTA_CHOICES:
             raise ConfigError(f"[fpr] tta: expected one of {TTA_CHOICES} test-time views. Received {self.tta!r}")

@@ -25,13 +25,12 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from lungcad.candidates import window
+from lungcad.inference import predict_batched, tta_rotations
 from lungcad.volume import world_to_voxel
 
 NODULE = "nodule"
 MALIGNANCY = "malignancy"
 VIEWS = ("cube", "orthogonal")
-#: numbers of test-time views :func:`classify_candidates` accepts
-TTA_CHOICES = (1, 2, 4, 8)
 #: the nested backbone model of :func:`build_fpr_model` is named this prefix + the zoo name
 BACKBONE_PREFIX = "backbone_"
 #: The ``[fpr]`` keys that shape what the network sees: its weights hold only for these values.
@@ -88,21 +87,6 @@ def model_backbone(model) -> str | None:
         if layer.name.startswith(BACKBONE_PREFIX):
             return layer.name[len(BACKBONE_PREFIX):]
     return None
-
-
-def tta_rotations(n: int) -> np.ndarray:
-    """The first ``n`` (1, 2, 4 or 8) test-time transforms of the sampling grid, world-frame
-    3 x 3 matrices stacked as (n, 3, 3): the identity, turns about z by 90, 180 and 270 degrees, then the same four
-    mirrored in z."""
-    if n not in TTA_CHOICES:
-        raise ValueError(f"tta must be one of {TTA_CHOICES}. Received {n!r}")
-    out = []
-    for flip_z in (1.0, -1.0):
-        for k in range(4):
-            c, s = np.cos(k * np.pi / 2), np.sin(k * np.pi / 2)
-            turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-            out.append(np.round(turn @ np.diag([1.0, 1.0, flip_z]), 12))
-    return np.stack(out[:n])
 
 
 def patch_spacing(diameters_mm, *, patch_size: int = 32, patch_mm: float = 1.0,
@@ -256,7 +240,7 @@ def classify_candidates(volume, candidates: pd.DataFrame, *, model, patch_size: 
                                       scales_mm=np.tile(scales[sel], r), patch_size=patch_size,
                                       rotation=np.repeat(rots, n, axis=0), views=views)
             log_scale = np.log2(np.tile(scales[sel], r))[:, None].astype(np.float32)
-            pred = _predict(model, {"patch": patches, "scale": log_scale}, batch_size=batch_size * r)
+            pred = predict_batched(model, {"patch": patches, "scale": log_scale}, batch_size=batch_size * r)
             nod[s:s + n] = np.asarray(pred[NODULE], dtype=np.float32).reshape(r, n).mean(axis=0)
             mal[s:s + n] = np.asarray(pred[MALIGNANCY], dtype=np.float32).reshape(r, n).mean(axis=0)
         return nod, mal
@@ -305,16 +289,3 @@ def suppress_inside(candidates: pd.DataFrame, *, within: float = 0.5) -> pd.Data
         if (covers[:j, j] & keep[:j]).any():
             keep[j] = False
     return out[keep].reset_index(drop=True)
-
-
-def _predict(model, inputs, *, batch_size: int):
-    """A Keras model sees full batches only (the last one padded with zeros), so that its
-    compiled predict step is traced once per scan size rather than once per batch size."""
-    if not hasattr(model, "predict_on_batch"):
-        return model(inputs)
-    n = len(inputs["patch"])
-    if n < batch_size:
-        inputs = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
-                  for k, v in inputs.items()}
-    out = model.predict_on_batch(inputs)
-    return {k: np.asarray(v)[:n] for k, v in out.items()}

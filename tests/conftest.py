@@ -41,7 +41,7 @@ def petct_dir(real_data) -> Path:
 
 #: Test modules that CI runs a second time under KERAS_BACKEND=jax (`pytest -m backends`):
 #: the zoo and the pipeline.
-BACKEND_MODULES = ("test_models_", "test_pipeline", "test_candidates", "test_fpr")
+BACKEND_MODULES = ("test_models_", "test_pipeline", "test_candidates", "test_fpr", "test_inference")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -64,12 +64,16 @@ def test_probability_map_is_aligned_with_the_volume(spacing):
     assert vol == pytest.approx(4 / 3 * np.pi * 8.0 ** 3, rel=0.15)
 
 
-def test_keras_model_is_called_with_predict():
+def test_a_keras_unet_runs_over_the_slices_in_full_batches():
     keras = pytest.importorskip("keras")
     inp = keras.Input((None, None, 3))
     out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="head")(inp)
     model = keras.Model(inp, out)
     hu = np.full((5, 40, 40), -1000, np.int16)
+    sizes = []
+    real = model.predict_on_batch
+    model.predict_on_batch = lambda x: (sizes.append(len(x)), real(x))[1]
     prob = predict_probability_map(hu, spacing_zyx=(2.0, 1.0, 1.0), model=model, pixel_mm=0, batch_size=2)
     assert prob.shape == hu.shape
     assert 0.0 <= prob.min() <= prob.max() <= 1.0
+    assert sizes == [2, 2, 2]                      # 5 slices: the last batch padded

@@ -73,7 +73,7 @@ def test_classify_candidates_empty_table():
 
 
 def test_tta_rotations_are_the_eight_turns_and_mirrors_about_z():
-    from lungcad.fpr import tta_rotations
+    from lungcad.inference import tta_rotations
 
     rots = tta_rotations(8)
     np.testing.assert_array_equal(rots[0], np.eye(3))
