@@ -46,3 +46,17 @@ class StageError(LungcadError):
 
 class ConfigError(LungcadError, ValueError):
     """A pipeline file or option that is invalid: says what was expected and received."""
+
+
+class OptionError(ConfigError):
+    """An argument of a library call that is invalid, naming the keyword.
+
+    ``str()`` is ``"<keyword> must be <requirement>. Received <value>"``; the CLI prints the
+    same sentence with the flag (``--ray-actors``) in place of the keyword (``actors``).
+    """
+
+    def __init__(self, keyword: str, requirement: str, received):
+        self.keyword = keyword
+        self.requirement = requirement
+        self.received = received
+        super().__init__(f"{keyword} must be {requirement}. Received {received!r}")

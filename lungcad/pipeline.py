@@ -226,9 +226,23 @@ class Pipeline:
 
         return (model_views(self._classifier) if self._classifier is not None else None) or config_views(self.config)
 
-    def load_models(self) -> None:
-        """Load both networks now (a batch run does it once, before the first scan)."""
+    def load_models(self, *, segmenter: str | Path | None = None, classifier: str | Path | None = None) -> None:
+        """Load both networks now (a batch run does it once, before the first scan).
+
+        ``segmenter`` and ``classifier`` are weight files to load instead of the config's (a
+        worker's private copy of the driver's files); the config, and so its hash in the
+        outputs, stays as it is.  A network already held is kept."""
+        if segmenter is not None and self._segmenter is None:
+            self._segmenter = load_keras_model(segmenter)
+        if classifier is not None and self._classifier is None:
+            self._classifier = load_classifier(classifier, self.config)
         _ = self.segmenter, self.classifier
+
+    def networks_held(self) -> tuple[str, ...]:
+        """The roles (``"segmenter"``, ``"classifier"``) whose network this pipeline holds in
+        memory: given to the constructor, or loaded already."""
+        return tuple(role for role, m in (("segmenter", self._segmenter), ("classifier", self._classifier))
+                     if m is not None)
 
     def run(self, volume: CTVolume, *, input_path: str = "") -> ScanResult:
         """Run every stage on one scan and return its :class:`ScanResult`."""

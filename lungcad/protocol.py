@@ -86,7 +86,7 @@ def write_family(out_dir, spec: dict[str, Any], *, progress: bool = False) -> Pa
 
 
 def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = None, size: int | None = None,
-                 n_bootstrap: int = 1000, seed: int = 0, progress: bool = False, log=None) -> dict[str, Any]:
+                 n_bootstrap: int = 1000, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Write (once), detect and score one family; returns and writes ``out_dir/results.json``.
 
     Parameters
@@ -113,7 +113,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     out = Path(out_dir)
     data = write_family(out / "data", spec, progress=progress)
     pipe = make_pipeline(pipeline)
-    run = detect(data, out / "detect", pipeline=pipe, progress=progress, log=log)
+    run = detect(data, out / "detect", pipeline=pipe, progress=progress)
     cand_path = out / "detect" / "candidates.csv"
     ann = read_annotations(data / "annotations.csv")
     cand = read_candidates(cand_path)

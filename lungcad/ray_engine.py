@@ -1,4 +1,4 @@
-"""``lungcad detect --engine ray``: the batch of :func:`lungcad.api.detect` on Ray Data.
+"""``detect(..., engine=Ray(...))``: the batch of :func:`lungcad.api.detect` on Ray Data.
 
 One scan is one row (and one block) of a Ray dataset:
 
@@ -12,8 +12,10 @@ One scan is one row (and one block) of a Ray dataset:
 A scan that fails is returned as data (an error row), never raised, so that one bad scan
 does not fail the Ray job; a worker that dies (killed, out of memory) loses only its own
 scan, which is tried again on a new actor at most ``retries`` times (default
-:data:`SCAN_RETRIES`) and then gets an error row too.  (Ray Data by itself would send a scan
-that kills every actor it meets to a new actor without end.)  Ray is an optional extra: ``pip install 'lungcad[ray]'``.
+:data:`lungcad.engines.SCAN_RETRIES`) and then gets an error row too.  (Ray Data by itself would send a scan
+that kills every actor it meets to a new actor without end.)  Ray is an optional extra: ``pip install 'lungcad[ray]'``.  The options are those of
+:class:`lungcad.engines.Ray`, checked when it is made; this module uses only the public API of
+:class:`~lungcad.pipeline.Pipeline` and of :mod:`lungcad.api` and :mod:`lungcad.scan_job`.
 """
 from __future__ import annotations
 
@@ -23,13 +25,12 @@ import os
 import pickle
 from typing import Any
 
+from lungcad.engines import Ray
 from lungcad.errors import LungcadError
 
 INSTALL_HINT = "pip install 'lungcad[ray]'"
 #: environment variables that the workers need to behave like the driver
 _ENV_PASSED = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS", "RAY_BACKEND_LOG_LEVEL")
-#: times a scan whose network actor died (killed, out of memory) is sent to a new actor
-SCAN_RETRIES = 2
 
 
 class RayNotInstalled(LungcadError):
@@ -57,12 +58,12 @@ def _dump(obj) -> bytes:
 
 
 def _error_payload(job, exc) -> bytes:
-    return _dump(("error", job.error(exc, unexpected=True)))
+    return _dump(("error", job.error(exc)))
 
 
 def _load(row: dict[str, Any], *, pipe_blob: bytes) -> dict[str, Any]:
     """CPU task: read one scan and compute its lung mask (:meth:`ScanJob.load`)."""
-    from lungcad.api import ScanJob
+    from lungcad.scan_job import ScanJob
 
     job = ScanJob(pickle.loads(row["series"]))
     try:
@@ -99,7 +100,7 @@ class _Networks:
         return int(ray.get(self.attempts.next.remote(i))) if self.attempts is not None else 1
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from lungcad.api import ScanJob
+        from lungcad.scan_job import ScanJob
 
         out = []
         for i, payload in zip(batch["i"], batch["payload"]):
@@ -110,7 +111,6 @@ class _Networks:
                 tries = self._tries(int(i))
                 try:
                     if self.retries >= 0 and tries > self.retries + 1:
-                        job.stage = "pipeline"
                         raise LungcadError(worker_died_message(series.path, tries - 1))
                     result, crops = job.networks(self.pipe, volume, prep)
                     payload = _dump(("done", series, result, crops))
@@ -146,17 +146,13 @@ def load_shipped_weights(pipe, files: dict[str, tuple[str, bytes]]) -> None:
     import tempfile
     from pathlib import Path
 
-    from lungcad.pipeline import load_classifier, load_keras_model
-
     tmp = Path(tempfile.mkdtemp(prefix="lungcad-weights-"))
     try:
+        paths = {}
         for role, (name, data) in files.items():
-            path = tmp / name
-            path.write_bytes(data)
-            if role == "classifier":
-                pipe._classifier = load_classifier(path, pipe.config)
-            else:
-                pipe._segmenter = load_keras_model(path)
+            paths[role] = tmp / name
+            paths[role].write_bytes(data)
+        pipe.load_models(**paths)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -210,75 +206,36 @@ def ray_init(ray, address: str | None = None, *, num_cpus: int | None = None) ->
     return True
 
 
-def detect_ray(input_path, output_dir, *, pipeline=None, batch_size: int | None = None,
-               num_shards: int = 1, shard_index: int = 0, all_series: bool = False,
-               series_uids=(), overwrite: bool = False, progress: bool = False, log=None,
-               address: str | None = None, actors: int = 1, gpus_per_actor: float = 0.0,
-               num_cpus: int | None = None, retries: int = SCAN_RETRIES) -> dict[str, Any]:
-    """:func:`lungcad.api.detect` on Ray Data: the same outputs and summary.
-
-    Parameters (beyond those of :func:`lungcad.api.detect`)
-    ----------
-    address : str, optional
-        Ray cluster to connect to (``"auto"``, ``"ray://host:10001"``, ...); None starts a
-        local Ray (with ``num_cpus`` CPUs, default all).
-    actors : int
-        Number of actors holding the networks.
-    gpus_per_actor : float
-        GPUs each actor reserves (0: the networks run on CPU).
-    retries : int
-        Times a scan whose actor died is tried again on a new actor before it gets an error row
-        (the pool replaces dead actors either way).
-    """
-    from lungcad.api import _PrintLog, start_batch
-
+def run_batch(batch, engine: Ray, counts: dict[str, int]) -> None:
+    """Run the pending scans of ``batch`` (:func:`lungcad.api.start_batch`) on Ray, as
+    ``engine`` says; ``counts`` (``done``, ``failed``) is kept up to date as each scan ends, so
+    that a batch stopped midway still counts what it finished.  :func:`lungcad.api.detect`
+    calls it and writes the tables afterwards, whatever happened here."""
     ray = import_ray()
-    if actors < 1:
-        raise LungcadError(f"--ray-actors must be >= 1. Received {actors}")
-    if gpus_per_actor < 0:
-        raise LungcadError(f"--ray-gpus-per-actor must be >= 0. Received {gpus_per_actor}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise LungcadError(f"--ray-retries must be an integer >= 0. Received {retries!r}")
-    log = log or _PrintLog()
-    batch = start_batch(input_path, output_dir, pipeline=pipeline, batch_size=batch_size,
-                        num_shards=num_shards, shard_index=shard_index, all_series=all_series,
-                        series_uids=series_uids, overwrite=overwrite, log=log)
-    pipe, out, pending = batch.pipe, batch.out, batch.pending
-    counts = {"done": 0, "failures": batch.failures}
-    engine = {"name": "ray", "address": address or "local", "actors": actors, "gpus_per_actor": gpus_per_actor}
+    pipe = batch.pipe
+    # the pipeline as the workers get it: before any model is loaded here (models given to
+    # Pipeline(...) directly travel with it; the shipped weights are on every node with lungcad;
+    # other weight files travel as bytes, so that no node needs the driver's files)
+    given = pipe.networks_held()
+    pipe_blob = _dump(pipe)
+    pipe.load_models()        # a missing or unfit weights file: one error, before Ray starts
+    files = weight_files(pipe.config, skip=given)
+    started = ray_init(ray, engine.address, num_cpus=engine.num_cpus)
     try:
-        if pending:
-            # the pipeline as the workers get it: before any model is loaded here (models given
-            # to Pipeline(...) directly travel with it; the shipped weights are on every node with
-            # lungcad; other weight files travel as bytes, so that no node needs the driver's files)
-            given = [r for r, m in (("segmenter", pipe._segmenter), ("classifier", pipe._classifier))
-                     if m is not None]
-            pipe_blob = _dump(pipe)
-            pipe.load_models()        # a missing or unfit weights file: one error, before Ray starts
-            files = weight_files(pipe.config, skip=given)
-            started = ray_init(ray, address, num_cpus=num_cpus)
-            try:
-                _run(ray, batch, pipe_blob, files, actors=actors, gpus_per_actor=gpus_per_actor,
-                     retries=retries, progress=progress, log=log, counts=counts)
-            finally:
-                if started:
-                    ray.shutdown()
+        _run(ray, batch, pipe_blob, files, engine=engine, counts=counts)
     finally:
-        # whatever stopped the batch, the scans finished so far are in the tables and run.json
-        summary = batch.finish(done=counts["done"], failures=counts["failures"], log=log, engine=engine)
-    return summary
+        if started:
+            ray.shutdown()
 
 
-def _run(ray, batch, pipe_blob, files, *, actors, gpus_per_actor, retries, progress, log, counts):
-    """Run the pending scans on Ray; ``counts`` (``done``, ``failures``) is kept up to date as
-    each scan ends, so that a batch stopped midway still counts what it finished."""
+def _run(ray, batch, pipe_blob, files, *, engine: Ray, counts: dict[str, int]):
     from ray.data import DataContext
 
-    from lungcad.api import ScanJob, done_line, report_error
+    from lungcad.scan_job import ScanJob, done_line, logger, report_error
 
     out, pending = batch.out, batch.pending
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = bool(progress)
+    ctx.enable_progress_bars = batch.options.progress
     # a block (= one scan) whose worker died is left out instead of failing the job; the
     # driver gives that scan an error row below
     ctx.max_errored_blocks = len(pending)
@@ -295,9 +252,9 @@ def _run(ray, batch, pipe_blob, files, *, actors, gpus_per_actor, retries, progr
     # Data restarts a dead actor and retries its task without limit: the counter stops a
     # scan that kills every actor it meets
     files_ref = ray.put(files) if files else None
-    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob, _attempt_counter(ray), retries, files_ref),
-                        batch_size=1, num_cpus=1, num_gpus=gpus_per_actor or None,
-                        compute=ray.data.ActorPoolStrategy(size=actors))
+    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob, _attempt_counter(ray), engine.retries, files_ref),
+                        batch_size=1, num_cpus=1, num_gpus=engine.gpus or None,
+                        compute=ray.data.ActorPoolStrategy(size=engine.actors))
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
     seen: set[int] = set()
@@ -311,17 +268,15 @@ def _run(ray, batch, pipe_blob, files, *, actors, gpus_per_actor, retries, progr
             try:
                 job.write(out, result, crops)
                 counts["done"] += 1
-                log.info(done_line(result))
+                logger.info(done_line(result))
             except Exception as e:  # noqa: BLE001  whatever fails one scan is that scan's error row
-                counts["failures"] += 1
-                report_error(out, log, job.error(e, unexpected=True), e)
+                counts["failed"] += 1
+                report_error(out, job.error(e), e)
         else:
-            counts["failures"] += 1
-            report_error(out, log, item[1])
+            counts["failed"] += 1
+            report_error(out, item[1])
         item = result = crops = None
     for i, s in enumerate(pending):
         if i not in seen:
-            job = ScanJob(s)
-            job.stage = "pipeline"
-            counts["failures"] += 1
-            report_error(out, log, job.error(LungcadError(worker_died_message(s.path)), unexpected=True))
+            counts["failed"] += 1
+            report_error(out, ScanJob(s).error(LungcadError(worker_died_message(s.path))))

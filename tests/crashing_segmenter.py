@@ -1,6 +1,6 @@
 """A segmenter for tests/test_ray_engine.py that ends its own process, as the kernel's OOM
-killer would, on scans whose lung box has more than ``max_slices`` slices; on others it
-gives an empty map.  It lives in a module of its own so that Ray workers can import it
+killer would, when it is given more than ``max_slices`` slices at once (a scan whose lung box
+is longer, with a batch size that holds the box); on others it gives an empty map.  It lives in a module of its own so that Ray workers can import it
 (the test puts this folder on their PYTHONPATH)."""
 import os
 import time
@@ -13,7 +13,7 @@ class KillsOnLongScans:
         self.max_slices = int(max_slices)
         self.log_path = str(log_path)
 
-    def predict(self, x, batch_size=None, verbose=0):
+    def __call__(self, x):
         if x.shape[0] > self.max_slices:
             with open(self.log_path, "a") as f:      # one line per process it ends
                 f.write(f"{os.getpid()} {time.time():.1f}\n")

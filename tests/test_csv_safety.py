@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lungcad.api import one_line
+from lungcad.scan_job import one_line
 from lungcad.evaluate import read_candidates, write_csv
 from lungcad.outputs import (FORMULA_START, OutputDir, cell_value, csv_text, escape_controls, safe_cell,
                              safe_id, safe_table)

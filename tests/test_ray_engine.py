@@ -16,7 +16,7 @@ import lungcad.ray_engine as ray_engine
 from lungcad.config import WEIGHTS_DIR, PipelineConfig
 from lungcad.io import write_dicom_series, write_itk
 from lungcad.pipeline import Pipeline
-from lungcad.ray_engine import detect_ray
+from lungcad.engines import Ray
 from lungcad.synthetic import generate_phantom
 from lungcad.volume import CTVolume
 from crashing_segmenter import KillsOnLongScans
@@ -77,7 +77,7 @@ def test_ray_outputs_equal_the_serial_engine(tmp_path, scans, local_ray, keras_l
         return files
 
     monkeypatch.setattr(ray_engine, "weight_files", read_then_delete)
-    s2 = detect_ray(scans, par, actors=1, pipeline=toml)
+    s2 = api.detect(scans, par, engine=Ray(actors=1), pipeline=toml)
     assert not own.exists()
     assert (s1["done"], s1["failed"]) == (s2["done"], s2["failed"]) == (2, 0)
     c1, c2 = pd.read_csv(serial / "candidates.csv"), pd.read_csv(par / "candidates.csv")
@@ -95,7 +95,7 @@ def test_ray_outputs_equal_the_serial_engine(tmp_path, scans, local_ray, keras_l
     assert run["engine"]["name"] == "ray" and run["counts"]["done"] == 2
     assert not list(par.rglob("*.tmp*"))
     # resume: a second run finds both scans done and starts no Ray work
-    s3 = detect_ray(scans, par, pipeline=toml)
+    s3 = api.detect(scans, par, engine=Ray(), pipeline=toml)
     assert (s3["done"], s3["skipped"], s3["failed"]) == (0, 2, 0)
 
 
@@ -130,17 +130,20 @@ def test_a_scan_that_kills_its_actor_is_retried_a_bounded_number_of_times_then_g
     long.volume.patient_id, long.volume.series_uid = "LONG", "1.2.826.0.1.3680043.99.107"
     write_dicom_series(long.volume, root / "LONG" / "ct", seed=107)
     deaths = tmp_path / "deaths.txt"
-    pipe = Pipeline(PipelineConfig(), segmenter=KillsOnLongScans(41, deaths))
+    # one U-Net batch holds a chunk of the lung box, so the segmenter sees the box's length
+    cfg = PipelineConfig().with_overrides({"candidates.batch_size": 128})
+    pipe = Pipeline(cfg, segmenter=KillsOnLongScans(41, deaths))
     out = tmp_path / "out"
-    s = detect_ray(root, out, pipeline=pipe, actors=1, retries=1)
+    s = api.detect(root, out, pipeline=pipe, engine=Ray(actors=1, retries=1))
     assert (s["done"], s["failed"]) == (1, 1)
     assert len(deaths.read_text().splitlines()) == 2                  # the first try and one retry
     errs = pd.read_csv(out / "errors.csv")
     assert len(errs) == 1 and "LONG" in errs.loc[0, "path"]
     assert "the Ray worker running this scan died 2 time(s)" in errs.loc[0, "message"]
     assert list(pd.read_csv(out / "patients.csv")["patient_id"]) == ["P0"]
-    with pytest.raises(api.LungcadError, match="--ray-retries"):
-        detect_ray(root, tmp_path / "o2", retries=-1)
+    with pytest.raises(api.OptionError, match="retries must be an integer >= 0. Received -1"):
+        api.detect(root, tmp_path / "o2", engine=Ray(retries=-1))
+    assert not (tmp_path / "o2").exists()
 
 
 def test_engine_ray_without_ray_installed_is_one_clear_line(tmp_path, monkeypatch, capsys):

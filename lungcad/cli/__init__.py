@@ -5,6 +5,9 @@ Each sub-command lives in its own module ``lungcad.cli.<name>`` with two functio
 ``run(args) -> int`` that returns the exit code.  Heavy imports (Keras) happen inside
 ``run`` so that ``lungcad --help`` stays fast.
 
+The library logs through ``logging.getLogger("lungcad")``; :func:`main` shows those records
+as the command's lines (:class:`LogLines`).
+
 Exit codes: 0 success, 1 a scan or input failed (each failure printed as one line),
 2 usage error.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import traceback
@@ -87,10 +91,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class LogLines(logging.Handler):
+    """The ``lungcad`` logger as a command's output: INFO records as lines on stdout (none
+    with ``--quiet``), WARNING and ERROR records as ``lungcad COMMAND: error: ...`` lines on
+    stderr.  The exception of a record (``exc_info``, or a scan's ``scan_exception``) is
+    printed as a traceback only with ``--debug``."""
+
+    def __init__(self, command: str, *, quiet: bool = False, debug: bool = False):
+        super().__init__(logging.INFO)
+        self.command, self.quiet, self.debug = command, quiet, debug
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.levelno < logging.WARNING:
+                if not self.quiet:
+                    print(msg, file=sys.stdout, flush=True)
+                return
+            if self.debug:
+                exc = record.exc_info[1] if record.exc_info else getattr(record, "scan_exception", None)
+                if exc is not None:
+                    traceback.print_exception(exc, file=sys.stderr)
+            kind = "error" if record.levelno >= logging.ERROR else "warning"
+            print(f"lungcad {self.command}: {kind}: {msg}", file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001  logging's own rule: a handler never raises
+            self.handleError(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    logger = logging.getLogger("lungcad")
+    handler = LogLines(args.command, quiet=getattr(args, "quiet", False), debug=getattr(args, "debug", False))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
         return int(args.func(args) or 0)
     except LungcadError as e:
@@ -101,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lungcad: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,14 +1,10 @@
 """``lungcad detect``: the batch command over a folder (or list) of CT scans."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
-import traceback
-from pathlib import Path
 
-from lungcad.errors import InputError, LungcadError, StageError
+from lungcad.errors import OptionError
 
 
 def add_parser(sub, parents):
@@ -55,8 +51,16 @@ def add_parser(sub, parents):
     return p
 
 
+#: the flag of each keyword of :func:`lungcad.api.detect` and :class:`lungcad.engines.Ray`,
+#: to say an :class:`OptionError` in the CLI's words
+FLAGS = {"batch_size": "--batch-size", "num_shards": "--num-shards", "shard_index": "--shard-index",
+         "series_uids": "--series-uid", "pipeline": "--pipeline", "address": "--ray-address",
+         "actors": "--ray-actors", "gpus": "--ray-gpus-per-actor", "retries": "--ray-retries"}
+
+
 def shard_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
-    """Resolve the shard from the flags, else Slurm array or Kubernetes Indexed Job variables."""
+    """The shard from the flags, else from Slurm array or Kubernetes Indexed Job variables
+    (:func:`lungcad.api.detect` checks the range)."""
     env = os.environ
     if num_shards is None:
         num_shards = int(env.get("SLURM_ARRAY_TASK_COUNT") or env.get("LUNGCAD_NUM_SHARDS") or 1)
@@ -65,10 +69,6 @@ def shard_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int
         shard_index = int(idx)
         if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_MIN" in env:
             shard_index -= int(env["SLURM_ARRAY_TASK_MIN"])
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise argparse.ArgumentTypeError(
-            f"--shard-index must be in [0, {num_shards - 1}] for --num-shards {num_shards}. "
-            f"Received shard index {shard_index}")
     return num_shards, shard_index
 
 
@@ -81,67 +81,42 @@ def _set_backend(args) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _usage(e: OptionError) -> int:
+    flag = FLAGS.get(e.keyword, e.keyword)
+    print(f"lungcad detect: error: {flag} must be {e.requirement}. Received {e.received}", file=sys.stderr)
+    return 2
+
+
 def run(args) -> int:
+    from lungcad.engines import Ray, Serial
+
     try:
         num_shards, shard_index = shard_from_env(args.num_shards, args.shard_index)
-    except (argparse.ArgumentTypeError, ValueError) as e:
-        print(f"lungcad detect: error: {e}", file=sys.stderr)
+    except ValueError as e:
+        print(f"lungcad detect: error: the shard from the environment is not an integer: {e}", file=sys.stderr)
         return 2
-    if args.batch_size is not None and args.batch_size < 1:
-        print(f"lungcad detect: error: --batch-size must be >= 1. Received {args.batch_size}", file=sys.stderr)
-        return 2
-    engine = getattr(args, "engine", "serial")
-    if engine == "ray":
-        if args.ray_actors < 1:
-            print(f"lungcad detect: error: --ray-actors must be >= 1. Received {args.ray_actors}", file=sys.stderr)
-            return 2
-        if args.ray_retries is not None and args.ray_retries < 0:
-            print(f"lungcad detect: error: --ray-retries must be >= 0. Received {args.ray_retries}", file=sys.stderr)
-            return 2
-        if args.ray_gpus_per_actor < 0:
-            print(f"lungcad detect: error: --ray-gpus-per-actor must be >= 0. Received {args.ray_gpus_per_actor}",
-                  file=sys.stderr)
-            return 2
-        from lungcad.ray_engine import RayNotInstalled, import_ray
+    try:
+        engine = (Ray(address=args.ray_address, actors=args.ray_actors, gpus=args.ray_gpus_per_actor,
+                      **({} if args.ray_retries is None else {"retries": args.ray_retries}))
+                  if args.engine == "ray" else Serial())
+        from lungcad.api import check_options
 
-        try:
-            import_ray()
-        except RayNotInstalled as e:
-            print(f"lungcad detect: error: {e}", file=sys.stderr)
-            return 1
+        check_options(args.input, args.output, batch_size=args.batch_size, num_shards=num_shards,
+                      shard_index=shard_index, series_uids=args.series_uid)
+    except OptionError as e:
+        return _usage(e)
     _set_backend(args)
     from lungcad.cli import load_backend
 
     if not load_backend("detect", debug=args.debug):
         return 1
-    kwargs = dict(pipeline=args.pipeline, batch_size=args.batch_size, num_shards=num_shards,
-                  shard_index=shard_index, all_series=args.all_series, series_uids=args.series_uid,
-                  overwrite=args.overwrite, log=_Log(quiet=args.quiet, debug=args.debug),
-                  progress=(not args.no_progress and not args.quiet and sys.stdout.isatty()))
-    if engine == "ray":
-        from lungcad.ray_engine import detect_ray
+    from lungcad.api import detect
 
-        summary = detect_ray(args.input, args.output, address=args.ray_address, actors=args.ray_actors,
-                             gpus_per_actor=args.ray_gpus_per_actor,
-                             **({} if args.ray_retries is None else {"retries": args.ray_retries}), **kwargs)
-    else:
-        from lungcad.api import detect
-
-        summary = detect(args.input, args.output, **kwargs)
+    try:
+        summary = detect(args.input, args.output, pipeline=args.pipeline, engine=engine,
+                         batch_size=args.batch_size, num_shards=num_shards, shard_index=shard_index,
+                         all_series=args.all_series, series_uids=args.series_uid, overwrite=args.overwrite,
+                         progress=(not args.no_progress and not args.quiet and sys.stdout.isatty()))
+    except OptionError as e:
+        return _usage(e)
     return 1 if summary["failed"] else 0
-
-
-class _Log:
-    """One line per event on stdout, errors on stderr; tracebacks only with --debug."""
-
-    def __init__(self, *, quiet: bool, debug: bool):
-        self.quiet, self.debug = quiet, debug
-
-    def info(self, msg: str) -> None:
-        if not self.quiet:
-            print(msg, flush=True)
-
-    def error(self, msg: str, exc: BaseException | None = None) -> None:
-        if self.debug and exc is not None:
-            traceback.print_exception(exc, file=sys.stderr)
-        print(msg, file=sys.stderr, flush=True)

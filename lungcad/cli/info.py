@@ -35,7 +35,7 @@ def _fmt_spacing(spacing) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lungcad.api import captured_warnings, one_line, unexpected_message
+    from lungcad.scan_job import captured_warnings, one_line, unexpected_message
     from lungcad.io import choose_series, discover
 
     errors: list = []
