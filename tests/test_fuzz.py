@@ -206,7 +206,7 @@ def test_harness_reports_an_exception_that_is_not_input_error(env, monkeypatch):
 
 def test_harness_reports_a_file_read_outside_the_input(env, monkeypatch):
     """With the ElementDataFile guard removed, a header pointing at ../outside is seen."""
-    monkeypatch.setattr("lungcad.io.itk._data_file",
+    monkeypatch.setattr("lungcad.io.metaimage_checks._data_file",
                         lambda path, name, what: os.path.join(os.path.dirname(path), name))
     case = _seed_case(env, "mhd")
     case.files["scan.mhd"] = case.files["scan.mhd"].replace(
