@@ -261,7 +261,7 @@ def start_batch(options: Options, pipeline=None) -> Batch:
     an input that does not exist or holds no scan is counted by every shard), and the scans
     of this shard that are not done yet.  Nothing found on the way stops the batch: a bug
     while discovering is one error row for the input, with its exception on the log record."""
-    from lungcad.outputs import OutputDir, safe_id
+    from lungcad.results.folder import OutputDir, safe_id
 
     o = options
     t_start = time.time()

@@ -51,7 +51,7 @@ def uncalibrated_probabilities(result_dirs, *, top_k: int | None = None,
         FPR probabilities, or the scans were made with different ``top_k`` / ``p_leak``.
     """
     from lungcad.aggregate import IDENTITY, aggregate
-    from lungcad.outputs import _read_json, scan_files
+    from lungcad.results.folder import read_json, scan_files
 
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -66,7 +66,7 @@ def uncalibrated_probabilities(result_dirs, *, top_k: int | None = None,
             if f.stem in seen:
                 continue
             seen.add(f.stem)
-            doc = _read_json(f)
+            doc = read_json(f)
             agg = ((doc.get("config") or {}).get("aggregate") or {})
             if "top_k" not in agg or "p_leak" not in agg:
                 raise InputError(f, "the scan's config has no [aggregate] top_k and p_leak")

@@ -64,7 +64,7 @@ def _read_csv(path, *, required: list[str], what: str, str_columns=("seriesuid",
     """Read a CSV; ``str_columns`` (or every column when None) stay text, ids such as ``0015`` intact.
 
     ``unquote``: the file may be one lungcad wrote, whose text cells that looked like a
-    spreadsheet formula carry a leading quote (:func:`lungcad.outputs.safe_cell`); it is removed
+    spreadsheet formula carry a leading quote (:func:`lungcad.results.tables.safe_cell`); it is removed
     from the text columns so that ids join with the labels they were read from.
     """
     p = Path(path)
@@ -92,7 +92,7 @@ def _read_csv(path, *, required: list[str], what: str, str_columns=("seriesuid",
                                 f"{df[c].iloc[row]!r}")
         df[c] = values.astype(float)
     if unquote:
-        from lungcad.outputs import cell_value
+        from lungcad.results.tables import cell_value
         for c in df.columns:
             if not pd.api.types.is_numeric_dtype(df[c].dtype):
                 df[c] = df[c].map(cell_value)
@@ -525,7 +525,7 @@ def _new_figure(width_in: float, height_in: float, dpi: int):
 
 
 def _save_png(fig, path) -> None:
-    from lungcad.outputs import atomic_write_bytes
+    from lungcad.results.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -790,7 +790,7 @@ def plot_calibration(metrics: dict[str, Any], path, *, title: str | None = None)
 
 def write_csv(df: pd.DataFrame, path) -> Path:
     """Write a table as CSV, atomically."""
-    from lungcad.outputs import atomic_write_text, csv_text
+    from lungcad.results import atomic_write_text, csv_text
 
     atomic_write_text(path, csv_text(df))
     return Path(os.fspath(path))
@@ -800,7 +800,7 @@ def write_json(obj: dict[str, Any], path) -> Path:
     """Write a dict as indented JSON, atomically."""
     import json
 
-    from lungcad.outputs import atomic_write_text
+    from lungcad.results.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
     return Path(os.fspath(path))

@@ -105,7 +105,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
     """
     from lungcad.api import detect, make_pipeline
     from lungcad.evaluate import froc, patient_metrics, read_annotations, read_candidates
-    from lungcad.outputs import cell_value
+    from lungcad.results.tables import cell_value
     from lungcad.train.model_card import sha256
 
     commit = _commit()   # the code this run loads, before a long run lets other commits land

@@ -71,7 +71,7 @@ class ScanJob:
     warnings, not to stderr."""
 
     def __init__(self, series):
-        from lungcad.outputs import safe_id
+        from lungcad.results.folder import safe_id
 
         self.series = series
         self.sid = safe_id(series.patient_id, series.series_uid)
@@ -92,7 +92,7 @@ class ScanJob:
 
     def networks(self, pipe, volume, prep):
         """``(result, crops)``: :meth:`Pipeline.finish` and the PNG crops of the top candidates."""
-        from lungcad.outputs import render_crops
+        from lungcad.results.crops import render_crops
 
         caught: list = []
         uid = self.series.series_uid
@@ -146,7 +146,7 @@ def report_error(out, row: dict[str, str], exc: BaseException | None = None) -> 
 def one_line(text: str) -> str:
     """``text`` as one log line: control characters from headers or file names (newlines,
     NUL, terminal escapes) written as visible escapes."""
-    from lungcad.outputs import escape_controls
+    from lungcad.results.tables import escape_controls
 
     return escape_controls(str(text))
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from lungcad import atomic
-from lungcad.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from lungcad.results import atomic
+from lungcad.results.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
 
 def test_a_writer_that_wants_a_file_name_replaces_the_file_whole(tmp_path):

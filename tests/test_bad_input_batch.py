@@ -16,7 +16,8 @@ import pytest
 
 import lungcad.api as api
 import lungcad.io as lio
-import lungcad.outputs as outputs
+import lungcad.results.crops as crops
+from lungcad.results.tables import safe_cell
 from bad_inputs import NAMES, SUCCEED, build_corpus, copy_series, synth_series
 from lungcad.cli import main
 from lungcad.pipeline import Pipeline
@@ -110,7 +111,7 @@ def test_detect_the_good_scans_are_done_with_their_outputs(detect_run, name):
     assert re.fullmatch(r"[0-9.]+", uid)
     patients = pd.read_csv(out / "patients.csv", dtype={"patient_id": str, "seriesuid": str})
     (row,) = patients[patients["seriesuid"] == uid].itertuples()
-    assert row.patient_id == outputs.safe_cell(pid) and row.input_path == str(case.path)
+    assert row.patient_id == safe_cell(pid) and row.input_path == str(case.path)
     assert row.n_candidates == scan["n_candidates"] > 0 and 0 <= row.cancer_probability <= 1
     cands = pd.read_csv(out / "candidates.csv", dtype={"seriesuid": str})
     assert (cands["seriesuid"] == uid).sum() == scan["n_candidates"]
@@ -201,14 +202,14 @@ def toy_pipeline(monkeypatch):
 
 def crash_on(monkeypatch, patient_id: str, exc: BaseException) -> None:
     """Make lungcad's crop rendering raise ``exc`` on one patient's scan (a bug in lungcad)."""
-    render = outputs.render_crops
+    render = crops.render_crops
 
     def render_or_crash(volume, candidates, **kw):
         if volume.patient_id == patient_id:
             raise exc
         return render(volume, candidates, **kw)
 
-    monkeypatch.setattr(outputs, "render_crops", render_or_crash)
+    monkeypatch.setattr(crops, "render_crops", render_or_crash)
 
 
 def detect_main(args, capsys):

@@ -1,5 +1,5 @@
 """Tables safe to open (issue 20): formula injection and control characters in the CSVs,
-the JSON and the HTML report that lungcad writes (lungcad/outputs.py)."""
+the JSON and the HTML report that lungcad writes (lungcad/results/)."""
 from __future__ import annotations
 
 import csv
@@ -13,8 +13,9 @@ from hypothesis import given, settings, strategies as st
 
 from lungcad.scan_job import one_line
 from lungcad.evaluate import read_candidates, write_csv
-from lungcad.outputs import (FORMULA_START, OutputDir, cell_value, csv_text, escape_controls, safe_cell,
-                             safe_id, safe_table)
+from lungcad.results import OutputDir, safe_id
+from lungcad.results.tables import (FORMULA_START, cell_value, csv_text, escape_controls, safe_cell,
+                                    safe_table)
 from lungcad.result import CANDIDATE_COLUMNS, ScanResult
 
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")

@@ -432,7 +432,7 @@ def test_numeric_looking_ids_are_compared_as_text(tmp_path):
 def test_ids_that_lungcad_neutralised_join_with_their_labels(tmp_path):
     """lungcad writes a patient id that looks like a formula with a leading quote (OWASP); the
     readers of its tables take the quote off again, so the id joins with the labels file."""
-    from lungcad.outputs import csv_text
+    from lungcad.results.tables import csv_text
     lab = write(tmp_path / "labels.csv", "patient_id,cancer\n-12,1\n=A1,0\nP3,0\n")
     preds = pd.DataFrame({"patient_id": ["-12", "=A1", "P3"], "seriesuid": ["1.2", "1.3", "1.4"],
                           "cancer_probability": [0.8, 0.3, 0.1]})

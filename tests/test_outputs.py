@@ -1,4 +1,4 @@
-"""The output folder of ``lungcad detect`` (lungcad/outputs.py) and ``lungcad merge``."""
+"""The output folder of ``lungcad detect`` (lungcad/results/) and ``lungcad merge``."""
 from __future__ import annotations
 
 import io
@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lungcad.atomic as atomic
-import lungcad.outputs as outputs
+import lungcad.results.atomic as atomic
 from lungcad.cli import main
 from lungcad.errors import InputError
-from lungcad.outputs import (CANDIDATES_CSV_LEAD, PATIENTS_CSV_COLUMNS, OutputDir, atomic_write_bytes,
+from lungcad.results import (CANDIDATES_CSV_LEAD, PATIENTS_CSV_COLUMNS, OutputDir, atomic_write_bytes,
                              atomic_write_text, merge_outputs, render_crops, safe_id)
 from lungcad.result import CANDIDATE_COLUMNS, ScanResult, table_text
 from lungcad.volume import CTVolume
@@ -431,7 +430,7 @@ _CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_outputs import make_batch
-from lungcad.outputs import OutputDir, safe_id
+from lungcad.results import OutputDir, safe_id
 out = OutputDir({root!r})
 for r in make_batch():
     if not out.scan_done(safe_id(r.patient_id, r.series_uid)):

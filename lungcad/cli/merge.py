@@ -21,7 +21,7 @@ def add_parser(sub, parents):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lungcad.outputs import merge_outputs
+    from lungcad.results.merge import merge_outputs
 
     summary = merge_outputs(args.dirs, args.output)
     counts = summary["counts"]

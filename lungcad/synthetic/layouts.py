@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from lungcad.atomic import atomic_write_text
+from lungcad.results.atomic import atomic_write_text
 from lungcad.synthetic.lesion_specs import LESION_COLUMNS
 from lungcad.synthetic.phantom import Phantom, generate_phantom
 from lungcad.synthetic.phantom_lesions import DISTRACTOR_COLUMNS

@@ -25,7 +25,7 @@ import pandas as pd
 
 import keras
 
-from lungcad.atomic import atomic_path, atomic_write_text
+from lungcad.results.atomic import atomic_path, atomic_write_text
 from lungcad.cards import card_path_for
 from lungcad.errors import InputError
 from lungcad.train.model_card import _num, _plain, command_line, sha256
@@ -81,7 +81,7 @@ class RunState(keras.callbacks.Callback):
 
 
 def _atomic_save(model, path: Path) -> None:
-    """``model.save`` to ``path`` atomically (:func:`lungcad.atomic.atomic_path`)."""
+    """``model.save`` to ``path`` atomically (:func:`lungcad.results.atomic.atomic_path`)."""
     with atomic_path(path, suffix=".keras") as tmp:      # Keras wants the .keras suffix
         model.save(tmp)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungcad.atomic import atomic_path
+from lungcad.results.atomic import atomic_path
 from lungcad.errors import InputError
 from lungcad.train.cases import NEGATIVE_COLUMNS, Case, CaseRef, lesion_table, negative_table
 from lungcad.volume import CTVolume
