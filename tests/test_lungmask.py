@@ -171,6 +171,22 @@ ORGAN_POINTS = {
 POPI_LESIONS = [(-86.6, 82.7, -9.0), (-43.3, 135.1, -89.0)]
 
 
+def distance_to_mask(mask: np.ndarray, spacing, zyx, *, reach_mm: float) -> float:
+    """Distance (mm) from voxel ``zyx`` to the nearest voxel of ``mask``: exact when it is below
+    ``reach_mm``, else some value >= ``reach_mm`` (inf when no mask voxel is that near).
+
+    The distance transform of the box of ``reach_mm`` around the voxel holds every mask voxel
+    nearer than ``reach_mm``, so it agrees with the transform of the whole volume below that
+    distance, and takes milliseconds instead of the ~10 s of a 512 x 512 x 140 volume."""
+    reach = [int(np.ceil(reach_mm / s)) for s in spacing]
+    box = tuple(slice(max(0, c - r), c + r + 1) for c, r in zip(zyx, reach))
+    crop = mask[box]
+    if not crop.any():
+        return float("inf")
+    centre = tuple(c - b.start for c, b in zip(zyx, box))
+    return float(ndimage.distance_transform_edt(~crop, sampling=spacing)[centre])
+
+
 def _real_series(real_data):
     out = [(f"Lung_Dx-{k[:5]}", real_data / "lung-pet-ct-dx" / v) for k, v in PETCT_SERIES.items()]
     out += [("LIDC-IDRI-0003", real_data / "lidc-idri" / "LIDC-IDRI-0003")]
@@ -186,13 +202,13 @@ def test_heart_liver_dome_and_stomach_are_outside_the_mask_of_every_real_series(
         vol = load_ct(path)
         lm = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction)
         assert not lm.fallback, (path.name, lm.warnings)
-        dist_out = ndimage.distance_transform_edt(~lm.mask, sampling=vol.spacing)
         for organ, xyz in ORGAN_POINTS[patient].items():
             zyx = tuple(np.rint(vol.world_to_voxel(np.array([xyz], float))[0]).astype(int))
             hu = float(vol.hu[zyx])
             assert hu > -1100, (path.name, organ, hu)
             # outside, and not at the edge of the mask either
-            assert dist_out[zyx] >= 5.0, f"{path.name}: {organ} at {xyz} is {dist_out[zyx]:.1f} mm from the mask"
+            dist = distance_to_mask(lm.mask, vol.spacing, zyx, reach_mm=10.0)
+            assert dist >= 5.0, f"{path.name}: {organ} at {xyz} is {dist:.1f} mm from the mask"
         if patient == "popi-4dct-phase00":
             assert inside(lm.mask, vol, POPI_LESIONS).all()
 
