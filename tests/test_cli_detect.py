@@ -44,6 +44,15 @@ def batch(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def reference_run(batch, tmp_path_factory):
+    """One plain run over the batch, that the resumed and the sharded runs must equal."""
+    ref = tmp_path_factory.mktemp("ref")
+    r = lungcad("detect", batch, "-o", ref, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return ref
+
+
 def test_sample_data_end_to_end(tmp_path):
     out = tmp_path / "out"
     # TensorFlow's default log level, as a user has it
@@ -132,9 +141,8 @@ def test_usage_errors_exit_2(tmp_path):
     assert "does-not-exist" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_kill_and_resume_gives_identical_csvs(tmp_path, batch):
-    ref = tmp_path / "ref"
-    assert lungcad("detect", batch, "-o", ref, "--no-progress").returncode == 0
+def test_kill_and_resume_gives_identical_csvs(tmp_path, batch, reference_run):
+    ref = reference_run
     out = tmp_path / "killed"
     e = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "lungcad", "detect", str(batch), "-o", str(out),
@@ -154,9 +162,8 @@ def test_kill_and_resume_gives_identical_csvs(tmp_path, batch):
     assert not list(out.rglob("*.tmp*"))
 
 
-def test_shards_and_merge_equal_one_run(tmp_path, batch):
-    ref = tmp_path / "ref"
-    assert lungcad("detect", batch, "-o", ref, "--no-progress").returncode == 0
+def test_shards_and_merge_equal_one_run(tmp_path, batch, reference_run):
+    ref = reference_run
     a, b = tmp_path / "a", tmp_path / "b"
     assert lungcad("detect", batch, "-o", a, "--no-progress", env={"SLURM_ARRAY_TASK_ID": "0",
                    "SLURM_ARRAY_TASK_COUNT": "2"}).returncode == 0
