@@ -103,7 +103,7 @@ def fit_results(labels: pd.DataFrame, result_dirs, *, id_col: str | None = None,
     """Fit ``[aggregate] calibration`` to labelled patients of ``lungcad detect`` output folders.
 
     A patient with several series counts once, with the highest probability of its series
-    (as :func:`lungcad.evaluate.patient_metrics` scores it).  ``top_k`` and ``p_leak`` recompute
+    (as :func:`lungcad.metrics.patient_metrics` scores it).  ``top_k`` and ``p_leak`` recompute
     the noisy-OR with other settings than the runs' (see :func:`uncalibrated_probabilities`);
     the fit is for those settings, and the result names them.
 
@@ -118,7 +118,7 @@ def fit_results(labels: pd.DataFrame, result_dirs, *, id_col: str | None = None,
         ``p_leak`` that were overridden, else empty).
     """
     from lungcad.aggregate import calibrate, fit_calibration
-    from lungcad.evaluate import join_patients, log_loss, roc_auc
+    from lungcad.metrics import join_patients, log_loss, roc_auc
 
     scans = uncalibrated_probabilities(result_dirs, top_k=top_k, p_leak=p_leak)
     if id_col is not None:

@@ -104,7 +104,7 @@ def score_family(name: str, out_dir, *, pipeline=None, patients: int | None = No
         The FROC's bootstrap over scans.
     """
     from lungcad.api import detect, make_pipeline
-    from lungcad.evaluate import froc, patient_metrics, read_annotations, read_candidates
+    from lungcad.metrics import froc, patient_metrics, read_annotations, read_candidates
     from lungcad.results.tables import cell_value
     from lungcad.train.model_card import sha256
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lungcad.scan_job import one_line
-from lungcad.evaluate import read_candidates, write_csv
+from lungcad.metrics import read_candidates, write_csv
 from lungcad.results import OutputDir, safe_id
 from lungcad.results.tables import (FORMULA_START, cell_value, csv_text, escape_controls, safe_cell,
                                     safe_table)

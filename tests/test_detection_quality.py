@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcad.evaluate import froc
+from lungcad.metrics import froc
 from lungcad.io import discover, load_series
 from lungcad.pipeline import Pipeline
 from lungcad.synthetic import generate_phantom

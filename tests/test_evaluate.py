@@ -1,4 +1,4 @@
-"""LUNA16 FROC and patient metrics against hand-computed cases (lungcad/evaluate.py)."""
+"""LUNA16 FROC and patient metrics against hand-computed cases (lungcad/metrics/)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import pytest
 
 from lungcad.cli import main
 from lungcad.errors import InputError
-from lungcad.evaluate import (FROC_POINTS, NODULE_COLUMNS, froc, log_loss, patient_metrics, plot_calibration, plot_froc,
-                              read_annotations, read_candidates, read_excluded, read_labels,
-                              read_predictions, read_seriesuids, roc_auc, sensitivity_at)
+from lungcad.metrics import (FROC_POINTS, NODULE_COLUMNS, froc, log_loss, patient_metrics, plot_calibration, plot_froc,
+                             read_annotations, read_candidates, read_excluded, read_labels,
+                             read_predictions, read_seriesuids, roc_auc, sensitivity_at)
 
 ANN_COLS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 CAND_COLS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lungcad.errors import InputError
-from lungcad.evaluate import froc, read_annotations, read_candidates
+from lungcad.metrics import froc, read_annotations, read_candidates
 from lungcad.pipeline import Pipeline
 from lungcad.protocol import FAMILIES, family_spec, score_family, write_family
 from lungcad.synthetic import domain

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from lungcad.calibration import fit_results, format_fit
-    from lungcad.evaluate import patient_metrics, plot_calibration, read_labels, write_json
+    from lungcad.metrics import patient_metrics, plot_calibration, read_labels, write_json
 
     import sys
 

@@ -104,8 +104,8 @@ def _usage(args, message: str) -> int:
 
 
 def run_froc(args: argparse.Namespace) -> int:
-    from lungcad.evaluate import (format_froc, froc, plot_froc, read_annotations, read_candidates,
-                                  read_excluded, read_seriesuids, write_csv, write_json)
+    from lungcad.metrics import (format_froc, froc, plot_froc, read_annotations, read_candidates,
+                                 read_excluded, read_seriesuids, write_csv, write_json)
     from lungcad.errors import InputError
 
     if args.bootstrap < 0:
@@ -140,8 +140,8 @@ def run_froc(args: argparse.Namespace) -> int:
 
 
 def run_patients(args: argparse.Namespace) -> int:
-    from lungcad.evaluate import (format_patient_metrics, patient_metrics, plot_calibration,
-                                  read_labels, read_predictions, write_json)
+    from lungcad.metrics import (format_patient_metrics, patient_metrics, plot_calibration,
+                                 read_labels, read_predictions, write_json)
     from lungcad.errors import InputError
 
     if args.bins < 1:

@@ -9,7 +9,7 @@ and the two training functions.
 :func:`train_segmenter` and :func:`train_fpr`.  Keras is imported by this package: set
 ``KERAS_BACKEND`` before importing it.
 """
-from lungcad.evaluate import roc_auc  # the one ROC AUC (soft labels: >= 0.5 is a positive)
+from lungcad.metrics import roc_auc  # the one ROC AUC (soft labels: >= 0.5 is a positive)
 from lungcad.train.cases import Case, CaseRef, sphere_mask, split_by_patient
 from lungcad.train.detection import detect_candidates, match_candidates
 from lungcad.train.fit_fpr import evaluate_fpr, mine_hard_negatives, train_fpr

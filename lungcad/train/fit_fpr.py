@@ -20,7 +20,7 @@ import pandas as pd
 import keras
 
 from lungcad.config import PipelineConfig
-from lungcad.evaluate import roc_auc
+from lungcad.metrics import roc_auc
 from lungcad.fpr import (MALIGNANCY, NODULE, PREPROCESSING, build_fpr_model, model_views, patch_shape,
                          views_for)
 from lungcad.models.registry import REGISTRY
