@@ -60,3 +60,23 @@ class OptionError(ConfigError):
         self.requirement = requirement
         self.received = received
         super().__init__(f"{keyword} must be {requirement}. Received {received!r}")
+
+
+class OutputSkipped(LungcadError):
+    """One output of a scan that cannot be written (a DICOM SR for a NIfTI input, a DICOM
+    attribute that a SEG needs and the input lacks).  The scan is not failed: the other
+    outputs are written, and the reason becomes one warning line and a note in the scan's
+    JSON.
+
+    Parameters
+    ----------
+    output : str
+        The output kind, as ``--outputs`` names it (``sr``, ``seg``, ...).
+    reason : str
+        Why, naming the file or attribute.
+    """
+
+    def __init__(self, output: str, reason: str):
+        self.output = output
+        self.reason = reason
+        super().__init__(f"no {output} output: {reason}")
