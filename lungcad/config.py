@@ -185,6 +185,28 @@ class AggregateConfig:
 
 
 @dataclass
+class ReportedConfig:
+    """``[reported]``: which candidates are reported nodules, measured
+    (:func:`lungcad.measurements.measure_nodules`) and written to every clinical output."""
+
+    min_probability: float = 0.5
+    """A candidate is reported when its final `probability` (the FPR network's nodule probability) is at least
+    this."""
+    max_nodules: int = 10
+    """At most this many are reported per scan, the most probable first (0 = none)."""
+
+    def __post_init__(self):
+        if not (isinstance(self.min_probability, (int, float)) and not isinstance(self.min_probability, bool)
+                and 0.0 <= self.min_probability <= 1.0):
+            raise ConfigError(f"[reported] min_probability: expected a probability from 0 to 1. "
+                              f"Received {self.min_probability!r}")
+        if not (isinstance(self.max_nodules, int) and not isinstance(self.max_nodules, bool)
+                and self.max_nodules >= 0):
+            raise ConfigError(f"[reported] max_nodules: expected a number of nodules >= 0. "
+                              f"Received {self.max_nodules!r}")
+
+
+@dataclass
 class PipelineConfig:
     name: str = "default"
     """A name for the pipeline, recorded with the config in every output."""
@@ -193,6 +215,7 @@ class PipelineConfig:
     morphology: MorphologyConfig = field(default_factory=MorphologyConfig)
     fpr: FPRConfig = field(default_factory=FPRConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    reported: ReportedConfig = field(default_factory=ReportedConfig)
     #: folder that relative weight paths are resolved against (the TOML file's folder)
     base_dir: str = ""
 

@@ -25,6 +25,7 @@ import numpy as np
 from lungcad import __version__
 from lungcad.config import PipelineConfig, load_config
 from lungcad.errors import ConfigError, InputError, LungcadError, StageError
+from lungcad.measurements.measure import ProbabilityCrop
 from lungcad.result import ScanResult, table_text
 from lungcad.volume import CTVolume
 
@@ -181,8 +182,19 @@ def fpr_stage(volume: CTVolume, table, classifier, config: PipelineConfig, *, vi
     return fpr.suppress_inside(table, within=f.suppress_within)
 
 
+def measure_stage(volume: CTVolume, table, prob, lung_mask, config: PipelineConfig):
+    """The reported nodules of ``table`` segmented and measured, with ``[reported]``
+    (:func:`lungcad.measurements.measure_nodules`): a :class:`~lungcad.measurements.Measured`."""
+    from lungcad import measurements
+
+    r = config.reported
+    return measurements.measure_nodules(table, volume.hu, prob, lung_mask, spacing_zyx=volume.spacing,
+                                        origin_xyz=volume.origin, direction=volume.direction,
+                                        min_probability=r.min_probability, max_nodules=r.max_nodules)
+
+
 class Pipeline:
-    """Lung mask -> U-Net candidates -> morphology -> FPR -> patient probability.
+    """Lung mask -> U-Net candidates -> morphology -> FPR -> measurements -> patient probability.
 
     Parameters
     ----------
@@ -261,7 +273,8 @@ class Pipeline:
         return prep
 
     def finish(self, volume: CTVolume, prep: "Prepared", *, input_path: str = "") -> ScanResult:
-        """The network stages (candidates, morphology, FPR) and the aggregation, after :meth:`prepare`."""
+        """The network stages (candidates, morphology, FPR), the measurements of the reported
+        nodules and the aggregation, after :meth:`prepare`."""
         from lungcad import aggregate
 
         cfg = self.config
@@ -273,10 +286,16 @@ class Pipeline:
 
         with _stage("morphology", volume, timings):
             table = morphology_stage(volume, prob, lm.mask, cfg)
-            del prob
+            # kept for the measure stage: its lung box only, in steps of 1/255 (a quarter of the box)
+            prob = ProbabilityCrop(prob, box)
 
         with _stage("fpr", volume, timings):
             table = fpr_stage(volume, table, self.classifier, cfg, views=self.fpr_views)
+
+        with _stage("measure", volume, timings):
+            measured = measure_stage(volume, table, prob, lm.mask, cfg)
+            table = measured.candidates
+            del prob
 
         with _stage("aggregate", volume, timings):
             p = aggregate.aggregate(table, top_k=cfg.aggregate.top_k, p_leak=cfg.aggregate.p_leak,
@@ -293,7 +312,8 @@ class Pipeline:
             lung_volume_ml=round(float(lm.volume_ml), 1), timings=timings, warnings=list(prep.warnings),
             config=cfg.to_dict(), config_hash=cfg.hash(), versions=self._versions,
             meta={**meta, "lungmask_fallback": bool(lm.fallback),
-                  "lung_box_zyx": [[s.start, s.stop] for s in box]})
+                  "lung_box_zyx": [[s.start, s.stop] for s in box]},
+            reported=measured.reported, nodule_labels=measured.labels, lung_mask=lm.mask)
 
 
 @dataclasses.dataclass

@@ -44,6 +44,14 @@ class ScanResult:
     ``candidates`` is the candidate table, sorted by descending ``probability``.
     ``timings`` maps stage name to seconds.  ``config`` is the config the run used,
     as a plain dict, and ``config_hash`` its SHA-256 (first 16 hex digits).
+
+    ``reported`` sums up the reported nodules (the measure stage, :mod:`lungcad.measurements`):
+    ``{"n", "lungrads_research", "criteria": {"min_probability", "max_nodules"}, "note"}``, the
+    category being research only, not a clinical reading; empty for a scan of an older version.
+    ``nodule_labels`` (int16 on the scan's grid (z, y, x): 0 background, k the nodule whose
+    ``nodule_id`` is k) and ``lung_mask`` (bool, the same grid) are for the outputs written
+    with the scan; they are transient, neither serialised nor compared, and None in a result read
+    back from its JSON.
     """
 
     series_uid: str
@@ -59,6 +67,9 @@ class ScanResult:
     config_hash: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    reported: dict[str, Any] = field(default_factory=dict)
+    nodule_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
+    lung_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (numpy scalars become Python numbers)."""
@@ -79,6 +90,7 @@ class ScanResult:
             "config_hash": self.config_hash,
             "versions": self.versions,
             "meta": self.meta,
+            "reported": self.reported,
         })
 
     @classmethod
@@ -91,7 +103,7 @@ class ScanResult:
                    lung_volume_ml=d.get("lung_volume_ml"), timings=d.get("timings", {}),
                    warnings=list(d.get("warnings", [])), config=d.get("config", {}),
                    config_hash=d.get("config_hash", ""), versions=d.get("versions", {}),
-                   meta=d.get("meta", {}))
+                   meta=d.get("meta", {}), reported=dict(d.get("reported") or {}))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)

@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcad import aggregate, candidates, config, fpr, lungmask, morphology, pipeline
+from lungcad import aggregate, candidates, config, fpr, lungmask, measurements, morphology, pipeline
 from lungcad.config import PipelineConfig
 from lungcad.volume import CTVolume
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {"lungmask": config.LungMaskConfig, "candidates": config.CandidatesConfig,
-            "morphology": config.MorphologyConfig, "fpr": config.FPRConfig, "aggregate": config.AggregateConfig}
+            "morphology": config.MorphologyConfig, "fpr": config.FPRConfig, "aggregate": config.AggregateConfig,
+            "reported": config.ReportedConfig}
 
 #: (stage function, section, {config key: keyword}): the keywords whose defaults must be the
 #: section's.  A key maps to a keyword of the same name unless given as a pair.
@@ -40,6 +41,8 @@ STAGES = [
     (fpr.patch_spacing, "fpr", ["patch_size", "patch_mm", "fit_fraction"]),
     (fpr.extract_patches, "fpr", ["patch_size", "window_hu"]),
     (aggregate.aggregate, "aggregate", ["top_k", "p_leak", "calibration"]),
+    (measurements.measure_nodules, "reported", ["min_probability", "max_nodules"]),
+    (measurements.reported_rows, "reported", ["min_probability", "max_nodules"]),
 ]
 #: Config keys that are no stage keyword, and why.
 NOT_KEYWORDS = {("candidates", "weights"): "the file the pipeline loads the U-Net from",
@@ -147,17 +150,19 @@ def test_the_pipeline_passes_every_key_to_its_stage(monkeypatch):
     monkeypatch.setattr(fpr, "classify_candidates", spy("classify_candidates", lambda *a, **k: scored))
     monkeypatch.setattr(fpr, "suppress_inside", spy("suppress_inside", lambda t, **k: t))
     monkeypatch.setattr(aggregate, "aggregate", spy("aggregate", lambda *a, **k: 0.5))
+    measured = measurements.Measured(scored, np.zeros(vol.shape, np.int16), {"n": 0})
+    monkeypatch.setattr(measurements, "measure_nodules", spy("measure_nodules", lambda *a, **k: measured))
 
     result = pipeline.Pipeline(cfg, segmenter=object(), classifier=object()).run(vol)
     assert result.cancer_probability == 0.5
     for func, section, keys in STAGES:
         if func.__name__ not in seen:      # helpers the stages call with their own arguments
             assert func in (candidates.prepare_slices, candidates.window, fpr.build_fpr_model,
-                            fpr.patch_spacing, fpr.extract_patches), func.__name__
+                            fpr.patch_spacing, fpr.extract_patches, measurements.reported_rows), func.__name__
             continue
         for key in keys:
             key, kw = key if isinstance(key, tuple) else (key, key)
             assert kw in seen[func.__name__], f"the pipeline does not pass [{section}] {key} to {func.__name__}"
             assert plain(seen[func.__name__][kw]) == plain(getattr(getattr(cfg, section), key)), (func, kw)
     assert set(seen) == {"segment_lungs", "lung_box", "predict_probability_map", "extract_candidates",
-                         "classify_candidates", "suppress_inside", "aggregate"}
+                         "classify_candidates", "suppress_inside", "aggregate", "measure_nodules"}

@@ -54,10 +54,10 @@ EXPECTED_CANDIDATES = (
     "1.2.3.1,5,6,7,0.3,P1,4,0.3,0.1,1,2,3,\n")
 EXPECTED_PATIENTS = (
     "patient_id,seriesuid,cancer_probability,n_candidates,top_nodule_prob,top_malignancy_prob,top_coordX,"
-    "top_coordY,top_coordZ,top_diameter_mm,lung_volume_ml,input_path\n"
-    "P1,1.2.3.0,0.4,1,0.5,,123.457,0,-0.5,5,,/data/P1/1.2.3.0\n"
-    "P1,1.2.3.1,0.62,2,0.9,0.25,-10.5,20.25,-100.125,6.5,4321.5,/data/P1/1.2.3.1\n"
-    "P2,1.2.4,0.05,0,,,,,,,,/data/P2/1.2.4\n")
+    "top_coordY,top_coordZ,top_diameter_mm,lung_volume_ml,input_path,n_reported,lungrads_research\n"
+    "P1,1.2.3.0,0.4,1,0.5,,123.457,0,-0.5,5,,/data/P1/1.2.3.0,,\n"
+    "P1,1.2.3.1,0.62,2,0.9,0.25,-10.5,20.25,-100.125,6.5,4321.5,/data/P1/1.2.3.1,,\n"
+    "P2,1.2.4,0.05,0,,,,,,,,/data/P2/1.2.4,,\n")
 
 
 def tiny_volume(spacing=(5.0, 0.8, 0.8), centre=(10, 32, 30), radius_mm=10.0) -> CTVolume:

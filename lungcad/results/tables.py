@@ -21,7 +21,8 @@ CANDIDATES_CSV_LEAD = ["seriesuid", "coordX", "coordY", "coordZ", "probability",
                        "patient_id", "diameter_mm", "nodule_prob", "malignancy_prob", "z", "y", "x"]
 PATIENTS_CSV_COLUMNS = ["patient_id", "seriesuid", "cancer_probability", "n_candidates",
                         "top_nodule_prob", "top_malignancy_prob", "top_coordX", "top_coordY",
-                        "top_coordZ", "top_diameter_mm", "lung_volume_ml", "input_path"]
+                        "top_coordZ", "top_diameter_mm", "lung_volume_ml", "input_path",
+                        "n_reported", "lungrads_research"]
 ERRORS_CSV_COLUMNS = ["path", "stage", "message", "patient_id", "seriesuid"]
 #: printf format of every float in the CSVs (same values -> same bytes).
 FLOAT_FORMAT = "%.6g"
@@ -131,12 +132,16 @@ def patients_table(scans: list[dict[str, Any]]) -> pd.DataFrame:
 
     The top candidate is the one with the highest ``probability``; ``top_nodule_prob``
     is its ``nodule_prob`` (its ``probability`` when the pipeline has no FPR stage).
+    ``n_reported`` and ``lungrads_research`` (the patient's research-only Lung-RADS-style
+    category, not a clinical reading) come from the scan's ``reported``; empty for a scan written
+    before the measure stage.
     """
     rows = []
     for d in scans:
         cands = by_probability(list(d.get("candidates") or []))
         top = cands[0] if cands else {}
         nod = number(top.get("nodule_prob"))
+        rep = d.get("reported") or {}
         rows.append({
             "patient_id": str(d["patient_id"]), "seriesuid": str(d["series_uid"]),
             "cancer_probability": number(d.get("cancer_probability")),
@@ -147,6 +152,8 @@ def patients_table(scans: list[dict[str, Any]]) -> pd.DataFrame:
             "top_coordZ": number(top.get("coordZ")), "top_diameter_mm": number(top.get("diameter_mm")),
             "lung_volume_ml": number(d.get("lung_volume_ml")),
             "input_path": str(d.get("input_path", "") or ""),
+            "n_reported": number(rep.get("n")),
+            "lungrads_research": str(rep.get("lungrads_research", "") or ""),
         })
     df = pd.DataFrame(table_records(rows), columns=PATIENTS_CSV_COLUMNS)
     if len(df):
