@@ -25,7 +25,8 @@ from lungcad.errors import InputError
 from lungcad.io.c_library_output import _c_library_output
 from lungcad.io.dicom_decode import _DecodeFailure, _is_compressed, _read_pydicom, _read_simpleitk
 from lungcad.io.dicom_header import DicomFileHeader
-from lungcad.io.dicom_stack import _resample_z, plan_stack
+from lungcad.io.dicom_source import DicomSource, SourceImage, build_source
+from lungcad.io.dicom_stack import StackPlan, _resample_z, plan_stack
 from lungcad.volume import CTVolume
 
 __all__ = ["load_dicom_stack", "check_geometry_present", "series_warnings"]
@@ -55,6 +56,25 @@ def _new_decode_notes(headers: Sequence[DicomFileHeader], notes: list[str]) -> l
     """The decoding warnings that the headers did not already give."""
     seen = {w for h in headers for w in h.warnings}
     return [n for n in dict.fromkeys(notes) if n.split(": ", 1)[-1] not in seen]
+
+
+def dicom_source(plan: StackPlan, by_path: dict[Path, DicomFileHeader],
+                 grid_z_mm=None) -> DicomSource:
+    """What outputs that refer to the source series need (``volume.meta["dicom"]``): each
+    kept image in the order of the planes, and the first file's attributes."""
+    images = []
+    for s, z in zip(plan.slices, plan.positions):
+        h = by_path[s.path]
+        images.append(SourceImage(
+            sop_instance_uid=h.sop_instance_uid, sop_class_uid=h.sop_class,
+            position_xyz=tuple(float(v) for v in s.position), z_mm=float(z),
+            frame=None if s.frame is None else s.frame + 1))
+    first = by_path[plan.slices[0].path]
+    return build_source(first.attributes, images, rows=plan.slices[0].rows,
+                        columns=plan.slices[0].cols, pixel_spacing=plan.slices[0].pixel_spacing,
+                        orientation=plan.slices[0].orientation,
+                        slice_thickness=first.slice_thickness, multiframe=first.multiframe,
+                        grid_z_mm=grid_z_mm)
 
 
 def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.PathLike,
@@ -110,8 +130,9 @@ def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.Pat
     decode_notes.extend(f"pixel decoder: {line}" for line in printed)
     positions = plan.positions
     meta_z: dict[str, Any] = {"resampled_z": False}
+    grid = None
     if plan.resample:
-        vol, _ = _resample_z(vol, positions, plan.spacing[0])  # the grid starts at the origin
+        vol, grid = _resample_z(vol, positions, plan.spacing[0])  # the grid starts at the origin
         meta_z = {"resampled_z": True, "original_positions_mm": [round(float(p), 4)
                                                                  for p in positions]}
     first = headers[0]
@@ -134,6 +155,7 @@ def load_dicom_stack(headers: Sequence[DicomFileHeader], *, source: str | os.Pat
         "padding_voxels": int(n_pad),
         **meta_z,
         "warnings": series_warnings(headers) + _new_decode_notes(headers, decode_notes),
+        "dicom": dicom_source(plan, by_path, grid),
     }
     pid = patient_id if patient_id is not None else first.patient_id
     return CTVolume(hu=vol, spacing=plan.spacing, origin=plan.origin, direction=plan.direction,

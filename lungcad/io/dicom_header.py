@@ -27,6 +27,8 @@ d. RescaleSlope (1 when absent) one finite positive value; RescaleIntercept (0 w
 e. SOP, Series and Study Instance UIDs, when present, are valid DICOM UIDs (digits in
    components separated by dots, no leading zero in a component but "0" itself, at most 64
    characters).  An invalid one is refused: the UIDs that outputs carry are never rewritten.
+   An invalid FrameOfReferenceUID is a warning and is not kept: only the DICOM SR and SEG
+   need it, and they are skipped.
 f. Not errors, but warnings: a SliceThickness that is not a positive number is ignored (the
    slice spacing comes from the positions).  Control characters in PatientID and the other
    text fields are escaped as ``\\xNN`` (a NUL becomes the four characters ``\\x00``); padding
@@ -53,6 +55,7 @@ from lungcad.io.dicom_attributes import _clean_text, _encoding_syntax, _escape_c
     _pixel_spacing, _position, _rescale, _shown, _transfer_syntax, _uid, _values, is_valid_uid
 from lungcad.io.dicom_pixel_checks import _check_pixel_data, _inspect_pixel_data, _PixelData
 from lungcad.io.dicom_slices import SliceHeader, _frames_classic, _frames_from_functional_groups
+from lungcad.io.dicom_source import SOURCE_ATTRIBUTES, source_attributes
 
 __all__ = ["DicomFileHeader", "read_header", "looks_like_dicom", "HEADER_TAGS"]
 
@@ -69,6 +72,10 @@ HEADER_TAGS = [
     "ConvolutionKernel", "Manufacturer", "KVP",
     "GridFrameOffsetVector", "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
+    # kept for the outputs that refer to the source (DICOM SR and SEG): lungcad.io.dicom_source
+    *(t for t in SOURCE_ATTRIBUTES if t not in (
+        "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription",
+        "StudyDescription", "SeriesNumber", "Modality", "Manufacturer")),
 ]
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".dic")
@@ -83,7 +90,9 @@ class DicomFileHeader:
     """What one DICOM file says about its series, read without the pixel data.
 
     ``warnings`` are problems that do not stop the reading (pydicom's warnings, an ignored
-    SliceThickness, escaped control characters), without the file name.
+    SliceThickness, escaped control characters), without the file name.  ``sop_instance_uid``
+    and ``attributes`` (the :data:`~lungcad.io.dicom_source.SOURCE_ATTRIBUTES` present) are
+    what outputs that refer to the source need.
     """
 
     path: Path
@@ -103,6 +112,8 @@ class DicomFileHeader:
     padding: tuple[float, float] | None
     slices: list[SliceHeader] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    sop_instance_uid: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
 
     @property
     def multiframe(self) -> bool:
@@ -164,7 +175,12 @@ def _header_from_dataset(ds, path: Path, pixels: _PixelData | None,
         raise ValueError("an image with empty Rows or Columns")
     n_frames = _integer(_get(ds, "NumberOfFrames"), "NumberOfFrames", 1)
     _check_pixel_data(ds, pixels, rows=rows, cols=cols, n_frames=n_frames)
-    _uid(ds, "SOPInstanceUID")  # checked, not kept
+    sop_instance_uid = _uid(ds, "SOPInstanceUID")
+    try:
+        frame_uid = _uid(ds, "FrameOfReferenceUID")
+    except ValueError as e:  # only the SR and SEG need it: they are skipped, the scan is read
+        notes.append(f"{e}; ignored")
+        frame_uid = ""
     for name, value in (("SOPClassUID", _get(ds, "SOPClassUID")), ("TransferSyntaxUID", ts)):
         text = str(value or "").strip(" \x00")
         if text and not is_valid_uid(text):
@@ -215,7 +231,7 @@ def _header_from_dataset(ds, path: Path, pixels: _PixelData | None,
     thickness = _optional_positive(thickness_value, "SliceThickness", notes,
                                    "ignored: the slice spacing comes from the slice positions")
     kvp = _optional_positive(_get(ds, "KVP"), "KVP", notes, "ignored")
-    return DicomFileHeader(
+    header = DicomFileHeader(
         path=path, sop_class=str(_get(ds, "SOPClassUID", "")).strip(" \x00"),
         modality=_clean_text(_get(ds, "Modality"), "Modality", notes),
         patient_id=_clean_text(_get(ds, "PatientID"), "PatientID", notes),
@@ -225,7 +241,14 @@ def _header_from_dataset(ds, path: Path, pixels: _PixelData | None,
         study_description=_clean_text(_get(ds, "StudyDescription"), "StudyDescription", notes),
         kernel=kernel, manufacturer=_clean_text(_get(ds, "Manufacturer"), "Manufacturer", notes),
         kvp=kvp, slice_thickness=thickness, n_frames=n_frames, transfer_syntax=ts,
-        padding=padding, slices=slices, warnings=notes)
+        padding=padding, slices=slices, warnings=notes, sop_instance_uid=sop_instance_uid)
+    source_notes: list[str] = []   # the fields above have noted their own control characters
+    header.attributes = source_attributes(ds, lambda v, name: _clean_text(v, name, source_notes))
+    header.attributes.pop("FrameOfReferenceUID", None)
+    if frame_uid:
+        header.attributes["FrameOfReferenceUID"] = frame_uid
+    notes.extend(n for n in dict.fromkeys(source_notes) if n not in notes)
+    return header
 
 
 def read_header(path: str | os.PathLike) -> DicomFileHeader:
