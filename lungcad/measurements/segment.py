@@ -36,6 +36,8 @@ SOLID_PLATEAU_HU = 100.0
 #: GLASS_SHARE of the solid part's volume (beyond a voxel of it), is part-solid.
 GLASS_BELOW_HU = -300.0
 GLASS_SHARE = 0.5
+#: The plateau at the centre: this percentile of the HU within 1.5 mm (or a pixel) of it.
+CENTRE_PERCENTILE = 75.0
 
 
 @dataclass
@@ -139,8 +141,8 @@ def segment_nodule(hu: np.ndarray, prob, lung_mask: np.ndarray | None, *, spacin
     empty = NoduleMask(np.zeros(h.shape, bool), box, np.zeros(h.shape, np.float32), np.nan, hu_lung, np.nan)
     if not loose.any():
         return empty
-    centre_ball = _sphere(h.shape, c, sp, max(1.5, 0.2 * d)) & loose
-    hu_centre = float(np.median(h[centre_ball])) if centre_ball.any() else float(np.median(h[loose]))
+    centre_ball = _sphere(h.shape, c, sp, max(1.5, 1.01 * float(sp[1:].max()))) & loose
+    hu_centre = float(np.percentile(h[centre_ball if centre_ball.any() else loose], CENTRE_PERCENTILE))
     hu_edge = min(max(hu_centre, hu_lung + 2 * LOOSE_ABOVE_LUNG_HU), SOLID_PLATEAU_HU)
     region = _fill_holes(component_at(loose & (h >= 0.5 * (hu_lung + hu_edge)), c, sp, reach_mm=reach))
 
@@ -155,8 +157,9 @@ def segment_nodule(hu: np.ndarray, prob, lung_mask: np.ndarray | None, *, spacin
     threshold = 0.5 * (hu_lung + hu_edge)
 
     # 5. vessels off: an axial opening, and the component at the centre again
-    r_open = min(open_mm, d / 4)
-    if r_open >= 0.5 * float(sp[1:].min()):
+    pixel = float(sp[1:].max())
+    r_open = max(min(open_mm, d / 4), 1.01 * pixel)
+    if d >= 4.0 * pixel:
         opened = ndimage.binary_opening(region, ball(r_open, sp, planar=True))
         opened = component_at(opened, c, sp, reach_mm=max(2.0, d / 4))
         if opened.sum() >= 0.5 * region.sum():
