@@ -158,6 +158,20 @@ def test_enhanced_multiframe_source_with_shuffled_frames(tmp_path):
     assert np.linalg.norm(d) < 0.5
 
 
+def test_a_reported_nodule_without_voxels_has_no_segment_and_a_note(series, tmp_path):
+    folder, _ = series
+    vol = load_ct(folder)
+    result = hand_result(vol, CENTRES, RADII)
+    result.nodule_labels[result.nodule_labels == 1] = 0
+    paths = write_outputs({**render_sr(vol, result), **render_seg(vol, result)}, tmp_path)
+    assert dciodvfy_errors(paths["seg.dcm"]) == []
+    cents, seg = seg_centroids(paths["seg.dcm"])
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lungs", "nodule 2"]
+    assert result.meta["output_notes"] == [
+        "DICOM SEG: no segment for nodule(s) 1, whose segmentation is empty"]
+    assert set(sr_points(paths["sr.dcm"])) == {"nodule 1", "nodule 2"}   # the SR keeps its point
+
+
 def test_classic_multiframe_gets_an_sr_and_no_seg(tmp_path):
     path = write_dicom_multiframe(phantom(nz=8), tmp_path / "mf.dcm", enhanced=False)
     vol = load_ct(path)

@@ -5,9 +5,11 @@ slices (one SEG frame per source image and segment where the segment is present;
 references its source image, and the SEG the source series):
 
 * segment 1, ``Lungs``: ``result.lung_mask`` (Anatomical Structure / Lung, SCT 39607008);
-* segment 1 + k, ``nodule k``: the voxels of ``result.nodule_labels == k``, one per reported
-  nodule (Morphologically Abnormal Structure / Nodule, SCT 27925004, in the Lung), tracked
-  as ``nodule k`` like the SR's measurement group.
+* then ``nodule k``: the voxels of ``result.nodule_labels == k``, one per reported nodule
+  (Morphologically Abnormal Structure / Nodule, SCT 27925004, in the Lung), tracked as
+  ``nodule k`` like the SR's measurement group.  A reported nodule without a voxel (the
+  measure stage found no segmentation) has no segment, and ``result.meta["output_notes"]``
+  says so.
 
 Both are AUTOMATIC, identified as lungcad with its version and, as parameters, the weights'
 sha256 and the config hash (the lung mask's family is Morphological Operations, the nodules'
@@ -86,9 +88,14 @@ def render_seg(volume, result) -> dict[str, bytes]:
                                    f"nodule segmentation (nodule_labels)")
     if len(nodules):
         labels = _mask(labels, shape, "nodule label volume")
+    empty = []
     for nid in nodules["nodule_id"]:
         nid = int(nid)
-        layers.append(labels == nid)
+        layer = labels == nid
+        if not layer.any():   # the measure stage found no segmentation for it
+            empty.append(nid)
+            continue
+        layers.append(layer)
         descriptions.append(dict(
             segment_label=f"nodule {nid}",
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
@@ -96,12 +103,14 @@ def render_seg(volume, result) -> dict[str, bytes]:
             algorithm_identification=algorithm(codes.cid7162.ArtificialIntelligence),
             tracking_id=f"nodule {nid}", tracking_uid=output_uid(result, f"nodule {nid}")))
     if not layers:
-        raise OutputSkipped("seg", "the result has no lung mask and no reported nodule")
+        raise OutputSkipped("seg", "the result has no lung mask and no segmented nodule")
     planes = src.plane_of_image()
-    if src.resampled:
+    for note in ([NEAREST_PLANE_NOTE] if src.resampled else []) + (
+            [f"DICOM SEG: no segment for nodule(s) {', '.join(map(str, empty))}, whose "
+             f"segmentation is empty"] if empty else []):
         notes = result.meta.setdefault("output_notes", [])
-        if NEAREST_PLANE_NOTE not in notes:
-            notes.append(NEAREST_PLANE_NOTE)
+        if note not in notes:
+            notes.append(note)
     stacked = np.stack(layers, axis=-1)[planes].astype(np.uint8)  # (source image, y, x, segment)
     if src.multiframe:   # the frames in file order
         order = np.argsort([im.frame or 0 for im in src.images], kind="stable")
