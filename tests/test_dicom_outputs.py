@@ -105,6 +105,26 @@ def _walk(ds):
         yield from _walk(item)
 
 
+def test_a_rotated_flipped_series(tmp_path):
+    """Rows and columns turned 30 degrees about z, and mirrored so that the slice normal
+    (row x column) points to the feet: the planes run against the files' z.  A writer that
+    mixed up the axes or the order of the source slices would not pass."""
+    c, s_ = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    direction = np.array([[-c, -s_, 0.0], [-s_, c, 0.0], [0.0, 0.0, 1.0]])
+    vol0 = phantom(nz=24)
+    vol0 = CTVolume(hu=vol0.hu, spacing=SPACING, origin=(20.0, -70.0, -120.0),
+                    direction=direction, patient_id="ROT")
+    write_dicom_series(vol0, tmp_path / "in", seed=9, reverse_instance_numbers=True)
+    vol = load_ct(tmp_path / "in")
+    np.testing.assert_allclose(vol.direction[:, :2], direction[:, :2], atol=1e-6)
+    assert vol.direction[2, 2] == pytest.approx(-1)   # row x column points to the feet
+    centres = [vol.voxel_to_world(np.array([9.3, 38.2, 30.6])),
+               vol.voxel_to_world(np.array([15.0, 42.0, 66.4]))]
+    result = hand_result(vol, centres, RADII)
+    paths = write_outputs({**render_sr(vol, result), **render_seg(vol, result)}, tmp_path / "out")
+    check_outputs(vol, result, paths)
+
+
 def test_zero_reported_nodules_give_a_report_and_the_lung_segment(series, tmp_path):
     folder, _ = series
     vol = load_ct(folder)
