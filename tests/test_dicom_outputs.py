@@ -243,6 +243,21 @@ def test_an_invalid_frame_of_reference_uid_is_a_warning_and_skips_them(tmp_path)
         render_sr(vol, hand_result(vol, [], []))
 
 
+def test_a_utf8_patient_name_is_kept(tmp_path):
+    files = write_dicom_series(phantom(nz=16), tmp_path / "in", seed=1)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "Yamada^Tarou=山田^太郎"
+        ds.save_as(f)
+    vol = load_ct(tmp_path / "in")
+    result = hand_result(vol, [CENTRES[0]], [RADII[0]])
+    paths = write_outputs({**render_sr(vol, result), **render_seg(vol, result)}, tmp_path / "out")
+    check_outputs(vol, result, paths)
+    for p in paths.values():
+        assert str(pydicom.dcmread(p).PatientName) == "Yamada^Tarou=山田^太郎"
+
+
 def test_type_2_attributes_missing_are_written_empty(tmp_path):
     files = write_dicom_series(phantom(nz=16), tmp_path / "in", seed=1)
     for f in files:
