@@ -1,7 +1,11 @@
-"""``report.html``: a summary table, one section per patient with its crops, the failed scans.
+"""``report.html``: a summary table, one section per patient with its nodules, the failed scans.
 
-It opens from disk with no server: the images are relative ``crops/...`` links, and every
-string taken from the input files is escaped.
+Each scan's section lists the nodules shown (:func:`lungcad.results.crops.shown_candidates`:
+the reported nodules, or the top candidates when none is reported) in a table with their
+measurements, type and research-only category, then one block per nodule: an overview axial
+slice of the whole chest with the nodule circled and labelled, its three crops, and its
+measurements.  It opens from disk with no server: the images are relative ``crops/...`` links,
+and every string taken from the input files is escaped.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lungcad import __version__
-from lungcad.results.crops import PLANES
+from lungcad.results.crops import PLANES, shown_candidates
 from lungcad.results.tables import by_probability, escape_controls, number, number_or
 
 
@@ -28,8 +32,29 @@ section.patient{border-top:2px solid #888;margin-top:2em;padding-top:0.5em}
 .crops figure{margin:0}
 .crops img{width:192px;height:192px;image-rendering:auto;background:#000}
 .crops figcaption{font-size:12px;color:#555;text-align:center}
+.crops img.overview{width:384px;height:384px}
+section.nodule{margin:0.8em 0 1.4em;padding-left:0.6em;border-left:3px solid #c33}
+.research{background:#fff4d6;border:1px solid #e0b84c;padding:4px 8px;font-size:13px}
 .warn{color:#a05a00}.fail{color:#b00020}.small{font-size:13px;color:#555}
 """
+
+#: The research-only wording of every Lung-RADS-style category the report shows.
+RESEARCH_NOTE = ("The category follows the baseline-screening categories of Lung-RADS v2022 from size "
+                 "and type, computed by software: research only, not a clinical reading.")
+#: Nodule columns of the patient's table: (column, header, format); shown when any row has one.
+NODULE_COLUMNS = (
+    ("coordX", "x (mm)", ".1f"), ("coordY", "y (mm)", ".1f"), ("coordZ", "z (mm)", ".1f"),
+    ("probability", "Probability", ".3f"), ("malignancy_prob", "Malignancy prob.", ".3f"),
+    ("diameter_mm", "Diameter (mm)", ".1f"), ("long_axis_mm", "Long axis (mm)", ".1f"),
+    ("short_axis_mm", "Short axis (mm)", ".1f"), ("mean_axis_mm", "Mean axis (mm)", ".1f"),
+    ("volume_mm3", "Volume (mm&sup3;)", ".0f"), ("nodule_type", "Type", None),
+    ("solid_component_mm", "Solid component (mm)", ".1f"),
+    ("lungrads_research", "Category (research only)", None),
+)
+#: Columns that describe a reported nodule only (M's measurements): not shown for the others.
+_MEASURED = {"long_axis_mm", "short_axis_mm", "mean_axis_mm", "volume_mm3", "nodule_type",
+             "solid_component_mm", "lungrads_research"}
+_ALWAYS = {"coordX", "coordY", "coordZ", "probability", "diameter_mm"}
 
 
 def _e(v) -> str:
@@ -61,11 +86,16 @@ def render_report(scans: list[dict[str, Any]], errors: list[dict[str, Any]], *, 
          f'<p class="small">{len(by_patient)} patient(s), {len(scans)} scan(s) done, '
          f"{len(errors)} failed, {n_cands} candidate(s). lungcad {_e(__version__)}. "
          "Research software: not a medical device.</p>"]
+    with_reported = any(isinstance(d.get("reported"), dict) and d["reported"] for d in scans)
+    if with_reported or any(_text(c.get("lungrads_research")) for d in scans for c in d.get("candidates") or []):
+        h.append(f'<p class="research">{_e(RESEARCH_NOTE)}</p>')
 
     h.append("<h2>Summary</h2>")
     if scans:
         h.append("<table><tr><th>Patient</th><th>Series</th><th>Cancer probability</th>"
-                 "<th>Candidates</th><th>Top nodule prob.</th><th>Top nodule diameter (mm)</th></tr>")
+                 "<th>Candidates</th><th>Top nodule prob.</th><th>Top nodule diameter (mm)</th>"
+                 + ("<th>Reported nodules</th><th>Category (research only)</th>" if with_reported else "")
+                 + "</tr>")
         summary = sorted(scans, key=lambda d: (-number_or(d.get("cancer_probability"), -1.0),
                                                str(d["patient_id"]), str(d["series_uid"])))
         for d in summary:
@@ -76,7 +106,8 @@ def render_report(scans: list[dict[str, Any]], errors: list[dict[str, Any]], *, 
                      f'<td><a href="#scan-{_e(d["safe_id"])}">{_e(d["series_uid"])}</a></td>'
                      f'<td class="num">{_f(d.get("cancer_probability"))}</td>'
                      f'<td class="num">{len(cands)}</td><td class="num">{_f(nod)}</td>'
-                     f'<td class="num">{_f(top.get("diameter_mm"), ".1f")}</td></tr>')
+                     f'<td class="num">{_f(top.get("diameter_mm"), ".1f")}</td>'
+                     + (_reported_cells(d) if with_reported else "") + "</tr>")
         h.append("</table>")
     else:
         h.append("<p>No scan was done.</p>")
@@ -98,6 +129,63 @@ def render_report(scans: list[dict[str, Any]], errors: list[dict[str, Any]], *, 
     return "\n".join(h) + "\n"
 
 
+
+
+def _text(v) -> str:
+    """A text cell's value ('' for None, NaN and numbers' absence)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    return str(v)
+
+
+def _cell(c: dict[str, Any], col: str, fmt: str | None) -> str:
+    if fmt is None:
+        return f"<td>{_e(_text(c.get(col)))}</td>"
+    return f'<td class="num">{_f(c.get(col), fmt)}</td>'
+
+
+def _reported_cells(d: dict[str, Any]) -> str:
+    rep = d.get("reported") if isinstance(d.get("reported"), dict) else {}
+    n = rep.get("n")
+    return (f'<td class="num">{_e(n) if isinstance(n, int) else ""}</td>'
+            f"<td>{_e(_text(rep.get('lungrads_research')))}</td>")
+
+
+def _is_reported(c: dict[str, Any]) -> bool:
+    return not np.isnan(number(c.get("nodule_id")))
+
+
+def _label(c: dict[str, Any], i: int) -> str:
+    return f"Nodule {int(number(c['nodule_id']))}" if _is_reported(c) else f"Candidate {i + 1}"
+
+
+def _measurements(c: dict[str, Any]) -> str:
+    """One line of a nodule's measurements, type and category (those it has)."""
+    parts = [f"({_f(c.get('coordX'), '.1f')}, {_f(c.get('coordY'), '.1f')}, {_f(c.get('coordZ'), '.1f')}) mm",
+             f"probability {_f(c.get('probability'))}"]
+    for col, name, fmt, unit in (("malignancy_prob", "malignancy probability", ".3f", ""),
+                                 ("long_axis_mm", "long axis", ".1f", " mm"),
+                                 ("short_axis_mm", "short axis", ".1f", " mm"),
+                                 ("mean_axis_mm", "mean axis", ".1f", " mm"),
+                                 ("volume_mm3", "volume", ".0f", " mm&sup3;"),
+                                 ("solid_component_mm", "solid component", ".1f", " mm")):
+        if col in _MEASURED and not _is_reported(c):
+            continue
+        v = _f(c.get(col), fmt)
+        if v:
+            parts.append(f"{name} {v}{unit}")
+    if not _f(c.get("long_axis_mm")):
+        d = _f(c.get("diameter_mm"), ".1f")
+        if d:
+            parts.append(f"diameter {d} mm")
+    if _text(c.get("nodule_type")):
+        parts.append(f"type {_e(c['nodule_type'])}")
+    if _text(c.get("lungrads_research")):
+        parts.append(f"category {_e(c['lungrads_research'])} (Lung-RADS v2022 style; research only, "
+                     "not a clinical reading)")
+    return ", ".join(parts)
+
+
 def _scan_section(d: dict[str, Any], *, root: Path | None, top_n: int) -> list[str]:
     sid = d["safe_id"]
     h = [f'<h3 id="scan-{_e(sid)}">Series {_e(d["series_uid"])}</h3>',
@@ -106,37 +194,46 @@ def _scan_section(d: dict[str, Any], *, root: Path | None, top_n: int) -> list[s
          + (f' &middot; lung volume {_f(d.get("lung_volume_ml"), ".0f")} ml' if d.get("lung_volume_ml") else "")
          + "</p>",
          f'<p class="small">Input: {_e(d.get("input_path", ""))}</p>']
+    rep = d.get("reported") if isinstance(d.get("reported"), dict) else None
+    if rep:
+        crit = rep.get("criteria") if isinstance(rep.get("criteria"), dict) else {}
+        rule = ", ".join(f"{_e(k)} {_e(v)}" for k, v in crit.items())
+        cat = _text(rep.get("lungrads_research"))
+        h.append(f"<p>Reported nodules: {_e(rep.get('n', ''))}" + (f" ({rule})" if rule else "")
+                 + (f" &middot; category of the scan: <b>{_e(cat)}</b> (research only, not a clinical reading)"
+                    if cat else "") + "</p>")
     for w in d.get("warnings") or []:
         h.append(f'<p class="warn">Warning: {_e(w)}</p>')
-    crops = [c for c in (d.get("crops") or []) if isinstance(c, str)]
-    ranks_with_crops = set()
-    for c in crops:
-        m = re.match(r"^crops/[A-Za-z0-9._-]+/(\d+)_[a-z]+\.png$", c)
-        if m:
-            ranks_with_crops.add(int(m.group(1)))
-    cands = by_probability(list(d.get("candidates") or []))
-    shown = cands[:max(top_n, max(ranks_with_crops, default=-1) + 1)]
+    for kind, note in sorted(((d.get("meta") or {}).get("outputs") or {}).items()):
+        if isinstance(note, str) and not note.startswith("written"):
+            h.append(f'<p class="small">{_e(kind)}: {_e(note)}</p>')
+    crops = {c for c in (d.get("crops") or []) if isinstance(c, str)}
+    cands = list(d.get("candidates") or [])
+    shown = shown_candidates(cands, top_n)
     if not shown:
         h.append("<p>No nodule candidate.</p>")
         return h
-    h.append("<table><tr><th>#</th><th>x (mm)</th><th>y (mm)</th><th>z (mm)</th><th>Diameter (mm)</th>"
-             "<th>Probability</th><th>Nodule prob.</th><th>Malignancy prob.</th></tr>")
+    if not any(_is_reported(c) for c in shown):
+        h.append(f'<p class="small">No nodule reported; the {len(shown)} most probable candidate(s):</p>')
+    cols = [(col, head, fmt) for col, head, fmt in NODULE_COLUMNS
+            if col in _ALWAYS or any(_text(c.get(col)) and (col not in _MEASURED or _is_reported(c)) for c in shown)]
+    h.append("<table><tr><th>Nodule</th>" + "".join(f"<th>{head}</th>" for _, head, _ in cols) + "</tr>")
     for i, c in enumerate(shown):
-        cells = [_f(c.get("coordX"), ".1f"), _f(c.get("coordY"), ".1f"), _f(c.get("coordZ"), ".1f"),
-                 _f(c.get("diameter_mm"), ".1f"), _f(c.get("probability")), _f(c.get("nodule_prob")),
-                 _f(c.get("malignancy_prob"))]
-        h.append(f"<tr><td>{i + 1}</td>" + "".join(f'<td class="num">{v}</td>' for v in cells) + "</tr>")
+        cells = "".join(_cell(c, col, fmt) if col not in _MEASURED or _is_reported(c) else "<td></td>"
+                        for col, _, fmt in cols)
+        h.append(f'<tr><td><a href="#scan-{_e(sid)}-{i}">{_e(_label(c, i))}</a></td>{cells}</tr>')
     h.append("</table>")
     for i, c in enumerate(shown):
         figs = []
-        for plane in PLANES:
+        for plane in ("overview", *PLANES):
             rel = f"crops/{sid}/{i}_{plane}.png"
             if rel in crops and (root is None or (root / rel).is_file()):
-                figs.append(f'<figure><img src="{_e(rel)}" alt="{_e(plane)} crop of candidate {i + 1}">'
+                cls = ' class="overview"' if plane == "overview" else ""
+                figs.append(f'<figure><img{cls} src="{_e(rel)}" alt="{_e(plane)} of {_e(_label(c, i).lower())}">'
                             f"<figcaption>{_e(plane)}</figcaption></figure>")
+        h.append(f'<section class="nodule" id="scan-{_e(sid)}-{i}"><h4>{_e(_label(c, i))}</h4>'
+                 f'<p class="small">{_measurements(c)}</p>')
         if figs:
-            h.append(f'<p class="small">Candidate {i + 1}: ({_f(c.get("coordX"), ".1f")}, '
-                     f'{_f(c.get("coordY"), ".1f")}, {_f(c.get("coordZ"), ".1f")}) mm, '
-                     f'diameter {_f(c.get("diameter_mm"), ".1f")} mm, probability {_f(c.get("probability"))}</p>')
             h.append('<div class="crops">' + "".join(figs) + "</div>")
+        h.append("</section>")
     return h
