@@ -28,6 +28,7 @@ from typing import Any
 from lungcad.checks import check_bool, check_int
 from lungcad.engines import Ray, Serial, check_engine
 from lungcad.errors import InputError, LungcadError, OptionError, StageError  # noqa: F401  (users catch them here)
+from lungcad.results.kinds import DEFAULT_OUTPUTS, check_outputs
 from lungcad.scan_job import ScanJob, captured_warnings, done_line, one_line, report_error, unexpected_message
 from lungcad.selection import resolve_inputs, select_series, shard
 
@@ -49,6 +50,7 @@ class Options:
     series_uids: tuple[str, ...] = ()
     overwrite: bool = False
     progress: bool = False
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
 
 
 def _check_path(keyword: str, value) -> Path:
@@ -58,7 +60,8 @@ def _check_path(keyword: str, value) -> Path:
 
 
 def check_options(input_path, output_dir, *, batch_size=None, num_shards=1, shard_index=0,
-                  all_series=False, series_uids=(), overwrite=False, progress=False) -> Options:
+                  all_series=False, series_uids=(), overwrite=False, progress=False,
+                  outputs=None) -> Options:
     """The :class:`Options` of a :func:`detect` call; an :class:`OptionError` naming the first
     keyword that is wrong."""
     num_shards = check_int("num_shards", num_shards, minimum=1)
@@ -78,13 +81,14 @@ def check_options(input_path, output_dir, *, batch_size=None, num_shards=1, shar
                    batch_size=check_int("batch_size", batch_size, minimum=1, optional=True),
                    num_shards=num_shards, shard_index=shard_index,
                    all_series=check_bool("all_series", all_series), series_uids=uids,
-                   overwrite=check_bool("overwrite", overwrite), progress=check_bool("progress", progress))
+                   overwrite=check_bool("overwrite", overwrite), progress=check_bool("progress", progress),
+                   outputs=check_outputs(outputs))
 
 
 def detect(input_path, output_dir, *, pipeline=None, engine: Serial | Ray | None = None,
            batch_size: int | None = None, num_shards: int = 1, shard_index: int = 0,
            all_series: bool = False, series_uids=(), overwrite: bool = False,
-           progress: bool = False) -> dict[str, Any]:
+           progress: bool = False, outputs=None) -> dict[str, Any]:
     """Run the pipeline on every scan under ``input_path`` and write the outputs.
 
     A scan that fails, for any reason, gets a row in ``errors.csv`` and one ERROR record on
@@ -115,6 +119,10 @@ def detect(input_path, output_dir, *, pipeline=None, engine: Serial | Ray | None
         Redo scans whose results exist (default: skip them, i.e. resume).
     progress : bool
         A progress bar on stdout instead of a log record per scan.
+    outputs : str or list of str, optional
+        The outputs to write (:mod:`lungcad.results.kinds`): ``"csv,json,html,sr,seg,slicer,masks,gc"``
+        or a list of those kinds; default ``csv,json,html,sr,seg`` (SR and SEG only for DICOM
+        inputs).  The per-scan JSON, ``errors.csv`` and ``run.json`` are always written.
 
     Returns
     -------
@@ -131,7 +139,7 @@ def detect(input_path, output_dir, *, pipeline=None, engine: Serial | Ray | None
     """
     opts = check_options(input_path, output_dir, batch_size=batch_size, num_shards=num_shards,
                          shard_index=shard_index, all_series=all_series, series_uids=series_uids,
-                         overwrite=overwrite, progress=progress)
+                         overwrite=overwrite, progress=progress, outputs=outputs)
     engine = check_engine(engine)
     _check_pipeline_arg(pipeline)
     if isinstance(engine, Ray):
@@ -161,12 +169,12 @@ def _run_serial(batch: "Batch", counts: dict[str, int]) -> None:
         bar = tqdm(total=len(batch.pending), unit="scan", desc="lungcad detect", file=sys.stdout)
     try:
         for s in batch.pending:
-            job = ScanJob(s)
-            volume = prep = result = crops = None
+            job = ScanJob(s, outputs=batch.options.outputs)
+            volume = prep = result = crops = files = None
             try:
                 volume, prep = job.load(pipe)
-                result, crops = job.networks(pipe, volume, prep)
-                job.write(out, result, crops)
+                result, crops, files = job.networks(pipe, volume, prep)
+                job.write(out, result, crops, files)
                 counts["done"] += 1
                 if not bar:
                     logger.info(done_line(result))
@@ -174,7 +182,7 @@ def _run_serial(batch: "Batch", counts: dict[str, int]) -> None:
                 counts["failed"] += 1
                 report_error(out, job.error(e), e)
             finally:
-                volume = prep = result = crops = None
+                volume = prep = result = crops = files = None
                 gc.collect()
                 if bar:
                     bar.update(1)
@@ -212,6 +220,7 @@ class Batch:
             "shard": {"num_shards": o.num_shards, "shard_index": o.shard_index},
             "config": self.pipe.config.to_dict(),
             "config_hash": self.pipe.config.hash(),
+            "outputs": list(o.outputs),
             "versions": versions(),
             "this_run": {"done": done, "failed": failures, "skipped": self.skipped,
                          "seconds": round(time.time() - self.t_start, 2)},
@@ -223,7 +232,7 @@ class Batch:
         if engine:
             run_info["engine"] = engine
         problems: list = []
-        summary = self.out.finalize(run_info=run_info, problems=problems)
+        summary = self.out.finalize(run_info=run_info, problems=problems, outputs=o.outputs)
         for e in problems:
             logger.error(one_line(str(e)))
         failures += len(problems)

@@ -4,8 +4,8 @@ One scan is one row (and one block) of a Ray dataset:
 
 1. a CPU task reads the scan and computes the lung mask (:meth:`ScanJob.load`);
 2. an actor that holds the networks (``map_batches`` with a callable class, a pool of
-   actors, ``num_gpus`` each) runs the rest of the pipeline and renders the crops
-   (:meth:`ScanJob.networks`);
+   actors, ``num_gpus`` each) runs the rest of the pipeline and renders the crops and the
+   other per-scan files that ``--outputs`` chooses, as bytes (:meth:`ScanJob.networks`);
 3. the driver writes each scan's outputs as it arrives (atomically, the same files as the
    serial engine) and finalizes the tables and ``run.json``.
 
@@ -83,8 +83,9 @@ class _Networks:
     ``files`` (:func:`weight_files`, or a Ray reference to them) are the weight files that
     travel with the job."""
 
-    def __init__(self, pipe_blob: bytes, attempts=None, retries: int = -1, files=None):
+    def __init__(self, pipe_blob: bytes, attempts=None, retries: int = -1, files=None, outputs=None):
         self.pipe = pickle.loads(pipe_blob)
+        self.outputs = outputs
         if files is not None:
             import ray
 
@@ -107,13 +108,13 @@ class _Networks:
             item = pickle.loads(payload)
             if item[0] == "loaded":
                 _, series, volume, prep = item
-                job = ScanJob(series)
+                job = ScanJob(series, outputs=self.outputs)
                 tries = self._tries(int(i))
                 try:
                     if self.retries >= 0 and tries > self.retries + 1:
                         raise LungcadError(worker_died_message(series.path, tries - 1))
-                    result, crops = job.networks(self.pipe, volume, prep)
-                    payload = _dump(("done", series, result, crops))
+                    result, crops, per_scan = job.networks(self.pipe, volume, prep)
+                    payload = _dump(("done", series, result, crops, per_scan))
                 except Exception as e:  # noqa: BLE001
                     payload = _error_payload(job, e)
                 item = volume = prep = None
@@ -252,7 +253,8 @@ def _run(ray, batch, pipe_blob, files, *, engine: Ray, counts: dict[str, int]):
     # Data restarts a dead actor and retries its task without limit: the counter stops a
     # scan that kills every actor it meets
     files_ref = ray.put(files) if files else None
-    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob, _attempt_counter(ray), engine.retries, files_ref),
+    ds = ds.map_batches(_Networks, fn_constructor_args=(pipe_blob, _attempt_counter(ray), engine.retries, files_ref,
+                                                        batch.options.outputs),
                         batch_size=1, num_cpus=1, num_gpus=engine.gpus or None,
                         compute=ray.data.ActorPoolStrategy(size=engine.actors))
     logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -262,11 +264,11 @@ def _run(ray, batch, pipe_blob, files, *, engine: Ray, counts: dict[str, int]):
         i = int(row["i"])
         seen.add(i)
         item = pickle.loads(row["payload"])
-        job = ScanJob(pending[i])
+        job = ScanJob(pending[i], outputs=batch.options.outputs)
         if item[0] == "done":
-            _, _, result, crops = item
+            _, _, result, crops, per_scan = item
             try:
-                job.write(out, result, crops)
+                job.write(out, result, crops, per_scan)
                 counts["done"] += 1
                 logger.info(done_line(result))
             except Exception as e:  # noqa: BLE001  whatever fails one scan is that scan's error row
@@ -275,7 +277,7 @@ def _run(ray, batch, pipe_blob, files, *, engine: Ray, counts: dict[str, int]):
         else:
             counts["failed"] += 1
             report_error(out, item[1])
-        item = result = crops = None
+        item = result = crops = per_scan = None
     for i, s in enumerate(pending):
         if i not in seen:
             counts["failed"] += 1

@@ -70,11 +70,13 @@ class ScanJob:
     (:func:`in_stage`).  Python warnings issued by a step (a library's) go into the scan's
     warnings, not to stderr."""
 
-    def __init__(self, series):
+    def __init__(self, series, outputs=None):
         from lungcad.results.folder import safe_id
+        from lungcad.results.kinds import check_outputs
 
         self.series = series
         self.sid = safe_id(series.patient_id, series.series_uid)
+        self.outputs = check_outputs(outputs)          #: the kinds chosen (``--outputs``)
 
     def load(self, pipe):
         """``(volume, prepared)``: the scan read, and :meth:`Pipeline.prepare` of it."""
@@ -91,8 +93,14 @@ class ScanJob:
         return volume, prep
 
     def networks(self, pipe, volume, prep):
-        """``(result, crops)``: :meth:`Pipeline.finish` and the PNG crops of the top candidates."""
-        from lungcad.results.crops import render_crops
+        """``(result, crops, files)``: :meth:`Pipeline.finish`, the report's PNG images of the
+        nodules shown (with ``html``), and the other per-scan files of the chosen outputs
+        (:func:`lungcad.results.kinds.render_files`: SR, SEG, viewer files; an output that this
+        scan cannot have is a warning line and a note, not a failure).  The result's arrays on
+        the volume grid (``lung_mask``, ``nodule_labels``) are dropped once the files are made,
+        so that they travel no further (the Ray engine sends the result to the driver)."""
+        from lungcad.results import crops as _crops
+        from lungcad.results.kinds import render_files
 
         caught: list = []
         uid = self.series.series_uid
@@ -100,13 +108,25 @@ class ScanJob:
             with in_stage("pipeline", uid):
                 result = pipe.finish(volume, prep, input_path=str(self.series.path))
             with in_stage("outputs", uid):
-                crops = render_crops(volume, result.candidates, top_n=3)
+                crops = (_crops.render_crops(volume, result.candidates, top_n=3, overview=True)
+                         if "html" in self.outputs else {})
+                if getattr(result, "lung_mask", None) is None and getattr(prep, "lung", None) is not None:
+                    result.lung_mask = prep.lung.mask
+                files = render_files(volume, result, self.outputs)
+                for name in ("lung_mask", "nodule_labels"):
+                    if getattr(result, name, None) is not None:
+                        setattr(result, name, None)
         result.warnings.extend(w for w in caught if w not in result.warnings)
-        return result, crops
+        return result, crops, files
 
-    def write(self, out, result, crops) -> None:
+    def write(self, out, result, crops, files=None) -> None:
+        """Write the scan (:meth:`OutputDir.write_scan`), then log a WARNING naming its path for
+        each chosen output it could not have."""
         with in_stage("outputs", self.series.series_uid):
-            out.write_scan(result, crops=crops)
+            out.write_scan(result, crops=crops, files=files)
+        for kind, note in sorted(((result.meta or {}).get("outputs") or {}).items()):
+            if isinstance(note, str) and note.startswith("skipped: "):
+                logger.warning(one_line(f"{self.series.path}: no {kind} output: {note[len('skipped: '):]}"))
 
     def error(self, exc: BaseException, *, stage: str = "pipeline") -> dict[str, str]:
         """The error row of a failure of this scan (``stage``, ``message``, ...) and its one

@@ -12,7 +12,8 @@ def add_parser(sub, parents):
         "detect", parents=parents, help="find nodules and score patients in a folder of CT scans",
         description="Run the lungcad pipeline on every CT series found under INPUT and write "
                     "candidates.csv, patients.csv, scans/*.json, report.html, run.json and errors.csv "
-                    "into OUTPUT. Scans already done are skipped (resume), unless --overwrite.")
+                    "(and the outputs --outputs chooses) into OUTPUT. Scans already done are skipped "
+                    "(resume), unless --overwrite.")
     p.add_argument("input", help="a folder tree of scans, one series folder, a .mhd/.mha/.nii(.gz) file, "
                                  "or a text file listing such paths, one per line")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
@@ -31,6 +32,10 @@ def add_parser(sub, parents):
     p.add_argument("--series-uid", action="append", default=[],
                    help="run only this SeriesInstanceUID (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="redo scans whose results exist")
+    p.add_argument("--outputs", metavar="LIST",
+                   help="comma-separated outputs to write, of csv,json,html,sr,seg,slicer,masks,gc "
+                        "(default csv,json,html,sr,seg; sr and seg only for DICOM inputs; the per-scan "
+                        "JSON, errors.csv and run.json are always written)")
     p.add_argument("--engine", choices=["serial", "ray"], default="serial",
                    help="serial: one scan after another in this process (default); ray: Ray Data, "
                         "reading and lung masks as CPU tasks, the networks in actors "
@@ -54,7 +59,8 @@ def add_parser(sub, parents):
 #: the flag of each keyword of :func:`lungcad.api.detect` and :class:`lungcad.engines.Ray`,
 #: to say an :class:`OptionError` in the CLI's words
 FLAGS = {"batch_size": "--batch-size", "num_shards": "--num-shards", "shard_index": "--shard-index",
-         "series_uids": "--series-uid", "pipeline": "--pipeline", "address": "--ray-address",
+         "series_uids": "--series-uid", "pipeline": "--pipeline", "outputs": "--outputs",
+         "address": "--ray-address",
          "actors": "--ray-actors", "gpus": "--ray-gpus-per-actor", "retries": "--ray-retries"}
 
 
@@ -102,7 +108,7 @@ def run(args) -> int:
         from lungcad.api import check_options
 
         check_options(args.input, args.output, batch_size=args.batch_size, num_shards=num_shards,
-                      shard_index=shard_index, series_uids=args.series_uid)
+                      shard_index=shard_index, series_uids=args.series_uid, outputs=args.outputs)
     except OptionError as e:
         return _usage(e)
     _set_backend(args)
@@ -116,7 +122,8 @@ def run(args) -> int:
         summary = detect(args.input, args.output, pipeline=args.pipeline, engine=engine,
                          batch_size=args.batch_size, num_shards=num_shards, shard_index=shard_index,
                          all_series=args.all_series, series_uids=args.series_uid, overwrite=args.overwrite,
-                         progress=(not args.no_progress and not args.quiet and sys.stdout.isatty()))
+                         progress=(not args.no_progress and not args.quiet and sys.stdout.isatty()),
+                         outputs=args.outputs)
     except OptionError as e:
         return _usage(e)
     return 1 if summary["failed"] else 0

@@ -4,7 +4,9 @@ Layout of an output folder::
 
     OUTPUT/
       scans/<id>.json          one per scan done (ScanResult.to_dict() plus its crop list)
-      crops/<id>/<n>_<plane>.png   crops of the top nodules (axial, coronal, sagittal)
+      crops/<id>/<n>_<plane>.png   images of the nodules shown (axial, coronal, sagittal, overview)
+      dicom/<id>/sr.dcm, seg.dcm   DICOM SR and SEG (--outputs sr,seg; DICOM inputs only)
+      viewers/<id>/...         nodules.mrk.json, lung.nii.gz, nodules.nii.gz, nodules.gc.json
       errors/<id>.json         one per scan that failed
       candidates.csv           rebuilt from scans/*.json by finalize()
       patients.csv             rebuilt from scans/*.json
@@ -13,10 +15,11 @@ Layout of an output folder::
       run.json                 the manifest of the last run
 
 Per-scan files are written atomically (:mod:`lungcad.results.atomic`: a temporary file in the same
-folder, fsync, then ``os.replace``), crops before the JSON, so that the JSON's existence means the
-scan is complete.  A killed run loses nothing it finished, and :meth:`OutputDir.finalize`
-rebuilds the tables from whatever is on disk, sorted, so the same set of scans always
-gives byte-identical CSVs, whatever the order they were written in.
+folder, fsync, then ``os.replace``), crops and the other per-scan files before the JSON (which lists
+them under ``"files"``), so that the JSON's existence means the scan is complete.  A killed run
+loses nothing it finished, and :meth:`OutputDir.finalize` rebuilds the tables from whatever is on
+disk, sorted, so the same set of scans always gives byte-identical CSVs, whatever the order they
+were written in.
 
 ``<id>`` is :func:`safe_id` of the PatientID and SeriesInstanceUID: only
 ``[A-Za-z0-9._-]``, so nothing read from a DICOM header can leave the output folder.
@@ -39,6 +42,7 @@ from lungcad import __version__
 from lungcad.errors import InputError
 from lungcad.result import ScanResult, table_records
 from lungcad.results import atomic as _atomic
+from lungcad.results.kinds import FILE_FOLDERS, OUTPUT_KINDS, check_outputs
 from lungcad.results.report import render_report
 from lungcad.results.tables import ERRORS_CSV_COLUMNS, candidates_table, csv_text, patients_table
 
@@ -47,6 +51,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 #: The name of a crop, ``crops/<id>/<name>.png``.
 CROP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: The name of a per-scan file, ``<folder>/<id>/<name>`` (folder in :data:`FILE_FOLDERS`).
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # ----------------------------------------------------------------------------- ids
@@ -152,8 +158,10 @@ class OutputDir:
         """The :class:`ScanResult` stored in ``scans/<id>.json``."""
         return ScanResult.from_dict(read_json(self.scan_path(sid)))
 
-    def write_scan(self, result: ScanResult, *, crops: dict[str, bytes] | None = None) -> str:
-        """Write one scan: its crops, then ``scans/<id>.json``; drop a stale ``errors/<id>.json``.
+    def write_scan(self, result: ScanResult, *, crops: dict[str, bytes] | None = None,
+                   files: dict[str, bytes] | None = None) -> str:
+        """Write one scan: its crops and files, then ``scans/<id>.json``; drop a stale
+        ``errors/<id>.json``.
 
         Parameters
         ----------
@@ -161,6 +169,10 @@ class OutputDir:
         crops : dict of name -> PNG bytes, optional
             From :func:`render_crops`; written as ``crops/<id>/<name>.png``.  Crops left
             from an earlier run of the same scan that are not in ``crops`` are removed.
+        files : dict of relative path -> bytes, optional
+            The scan's other files (:func:`lungcad.results.kinds.render_files`), each
+            ``<folder>/<id>/<name>`` with ``<folder>`` one of :data:`FILE_FOLDERS`; listed in the
+            JSON as ``"files"``.  Files of an earlier run of this scan not in ``files`` are removed.
 
         Returns
         -------
@@ -191,13 +203,50 @@ class OutputDir:
             if not names:
                 with contextlib.suppress(OSError):
                     crop_dir.rmdir()
+        written = self._write_files(sid, files or {})
         d = result.to_dict()
         d["safe_id"] = sid
         d["crops"] = [f"crops/{sid}/{n}.png" for n in names]
+        d["files"] = written
         _atomic.atomic_write_text(self.scan_path(sid), _dump_json(d))
         with contextlib.suppress(FileNotFoundError):
             self.error_path(sid).unlink()
         return sid
+
+    def check_file_path(self, sid: str, path) -> tuple[str, str]:
+        """``(folder, name)`` of a per-scan file's relative path ``<folder>/<sid>/<name>``, or
+        ValueError: nothing a renderer names can leave the scan's own folders."""
+        parts = path.split("/") if isinstance(path, str) else []
+        if len(parts) != 3 or parts[0] not in FILE_FOLDERS or parts[1] != sid or not FILE_NAME.match(parts[2]):
+            raise ValueError(f"a scan's file must be <{'|'.join(FILE_FOLDERS)}>/{sid}/<name> with the name "
+                             f"matching {FILE_NAME.pattern}. Received {path!r}")
+        return parts[0], parts[2]
+
+    def _write_files(self, sid: str, files: dict[str, bytes]) -> list[str]:
+        """Write a scan's files (atomically) and remove those of an earlier run that are not
+        among them; the sorted relative paths written."""
+        keep: dict[str, set] = {f: set() for f in FILE_FOLDERS}
+        checked = []
+        for path, data in sorted(files.items()):
+            folder, name = self.check_file_path(sid, path)
+            if not isinstance(data, (bytes, bytearray)):
+                raise ValueError(f"file {path!r} must be bytes. Received {type(data).__name__}")
+            checked.append((path, folder, name, bytes(data)))
+        for path, folder, name, data in checked:
+            _atomic.atomic_write_bytes(self.root / folder / sid / name, data)
+            keep[folder].add(name)
+        for folder in FILE_FOLDERS:
+            d = self.root / folder / sid
+            if not d.is_dir():
+                continue
+            for f in d.iterdir():
+                if f.is_file() and FILE_NAME.match(f.name) and f.name not in keep[folder]:
+                    f.unlink()
+            _atomic.remove_stale_temp_files(d)
+            if not keep[folder]:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        return [p for p, *_ in checked]
 
     def write_error(self, sid: str, *, path: str, stage: str, message: str, patient_id: str = "",
                     series_uid: str = "") -> Path:
@@ -251,8 +300,8 @@ class OutputDir:
 
     # -- the tables, the report, the manifest
 
-    def finalize(self, *, run_info: dict[str, Any] | None = None,
-                 problems: list | None = None) -> dict[str, Any]:
+    def finalize(self, *, run_info: dict[str, Any] | None = None, problems: list | None = None,
+                 outputs=OUTPUT_KINDS) -> dict[str, Any]:
         """Rebuild ``candidates.csv``, ``patients.csv``, ``errors.csv``, ``report.html`` and ``run.json``.
 
         Everything is rebuilt from the per-scan files on disk, so the tables cover every
@@ -271,6 +320,10 @@ class OutputDir:
             to ``problems`` (as the InputError), gets a row in ``errors.csv`` (stage
             ``outputs``) and is left out of the other tables, so that a batch always ends
             with its tables and ``run.json``.
+        outputs : kinds (:func:`lungcad.results.kinds.check_outputs`)
+            Without ``csv``, no ``candidates.csv`` and ``patients.csv``; without ``html``, no
+            ``report.html``; one left by an earlier run is removed, so that no table in the folder
+            disagrees with its scans.  ``errors.csv`` and ``run.json`` are always written.
 
         Returns
         -------
@@ -279,7 +332,9 @@ class OutputDir:
             ``skipped``, ``patients``, ``candidates``) computed from the folder.
         """
         run_info = dict(run_info or {})
-        for folder in [self.root, self.scans_dir, self.errors_dir, *self.crops_dir.glob("*/")]:
+        outputs = check_outputs(outputs)
+        per_scan = [d for f in FILE_FOLDERS for d in (self.root / f).glob("*/")]
+        for folder in [self.root, self.scans_dir, self.errors_dir, *self.crops_dir.glob("*/"), *per_scan]:
             _atomic.remove_stale_temp_files(folder)
         bad: list[InputError] = []
         scans = self.load_scans(problems=None if problems is None else bad)
@@ -293,10 +348,18 @@ class OutputDir:
         cands = candidates_table(scans)
         patients = patients_table(scans)
         errs = pd.DataFrame(table_records(errors), columns=ERRORS_CSV_COLUMNS)
-        _atomic.atomic_write_text(self.root / "candidates.csv", csv_text(cands))
-        _atomic.atomic_write_text(self.root / "patients.csv", csv_text(patients))
-        _atomic.atomic_write_text(self.root / "errors.csv", csv_text(errs))
-        _atomic.atomic_write_text(self.root / "report.html", render_report(scans, errors, root=self.root))
+        tables = {"candidates.csv": ("csv", lambda: csv_text(cands)),
+                  "patients.csv": ("csv", lambda: csv_text(patients)),
+                  "errors.csv": (None, lambda: csv_text(errs)),
+                  "report.html": ("html", lambda: render_report(scans, errors, root=self.root))}
+        made = []
+        for name, (kind, text) in tables.items():
+            if kind is None or kind in outputs:
+                _atomic.atomic_write_text(self.root / name, text())
+                made.append(name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / name).unlink()
 
         this_run = run_info.get("this_run") or {}
         skipped = this_run.get("skipped", run_info.get("skipped", 0))
@@ -313,8 +376,9 @@ class OutputDir:
                "scan_time_s": round(sum(float(v or 0.0) for d in scans
                                         for v in (d.get("timings") or {}).values()), 3),
                "config_hashes": hashes,
-               "files": ["candidates.csv", "patients.csv", "errors.csv", "report.html", "run.json",
-                         "scans/", "crops/", "errors/"],
+               "outputs": list(outputs),
+               "files": made + ["run.json", "scans/", "crops/", "errors/"]
+                        + [f"{f}/" for f in FILE_FOLDERS if (self.root / f).is_dir()],
                "finalized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         if len(hashes) > 1:
             run["warning"] = (f"the scans in this folder were made with {len(hashes)} different "
