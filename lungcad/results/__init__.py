@@ -6,9 +6,13 @@ module                  what it holds
 ``results.atomic``      the one writer: temporary file, fsync, rename (every file lungcad writes)
 ``results.folder``      :class:`OutputDir`: the layout, per-scan files, resume, ``finalize``
 ``results.tables``      ``candidates.csv``, ``patients.csv``, ``errors.csv``; spreadsheet-safe cells
-``results.crops``       PNG crops of the top candidates in three planes
+``results.crops``       PNG crops of the nodules shown in three planes, and their overview slices
 ``results.report``      ``report.html``
 ``results.merge``       ``lungcad merge``: join the folders of several shards
+``results.kinds``       the outputs ``--outputs`` chooses; the per-scan renderers run for a scan
+``results.viewers``     3D Slicer markups, NIfTI masks, grand-challenge points
+``results.dicom_sr``    DICOM SR (TID 1500), for DICOM inputs
+``results.dicom_seg``   DICOM SEG, for DICOM inputs
 ======================  ==============================================================
 
 :class:`lungcad.result.ScanResult` (what one scan produces) is the contract these modules
