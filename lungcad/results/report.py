@@ -10,7 +10,6 @@ and every string taken from the input files is escaped.
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 from typing import Any
 
