@@ -8,8 +8,8 @@ import sys
 def add_parser(sub, parents):
     p = sub.add_parser(
         "merge", parents=parents, help="join the output folders of several detect shards",
-        description="Copy the per-scan results (scans/*.json, crops, dicom/ and viewers/ files, errors) of several `lungcad "
-                    "detect` output folders into one, and rebuild candidates.csv, patients.csv, "
+        description="Copy the per-scan results (scans/*.json, crops, dicom/ and viewers/ files, errors) "
+                    "of several `lungcad detect` output folders into one, and rebuild candidates.csv, patients.csv, "
                     "errors.csv, report.html and run.json there. A scan found in several folders "
                     "is taken once; an error superseded by a success in another folder is dropped.")
     p.add_argument("dirs", nargs="+", metavar="OUT", help="output folders of `lungcad detect` shards")
