@@ -19,10 +19,12 @@ LESIONS = [("solid", 6.0), ("solid", 10.0), ("ground-glass", 12.0), ("part-solid
 # lesions of 6 mm and up).  Measured at the morphology candidates' centres (docs/results.md).
 THIN_VOLUME_REL = 0.15
 THIN_MEAN_MM = 1.0
-# On 5 mm slices, measured (docs/results.md): volume -4 % .. +23 %, mean diameter -1.3 .. +1.2 mm for
-# the non-calcified lesions, types right for those of 10 mm and up; guarded with a margin.
+# Measured on 2.5 mm slices: volume -8 % .. +3 %, mean diameter -0.7 .. -0.1 mm (5 lesions).
+# On 5 mm slices, measured (docs/results.md): volume -8 % .. +13 %, mean diameter -1.9 .. +0.6 mm for
+# the non-calcified lesions, the types right but the calcified one's (it reads solid); guarded with
+# a margin.
 THICK_VOLUME_REL = 0.35
-THICK_MEAN_MM = 2.0
+THICK_MEAN_MM = 2.5
 
 
 def ellipsoid_field(spacing, semi_axes_mm, *, shape_mm=(40.0, 40.0, 40.0), sub=3, lung=-850.0, body=40.0):
@@ -172,10 +174,11 @@ def test_phantom_lesions_on_2_5_mm_slices(segmenter):
 
 
 def test_phantom_lesions_on_5_mm_slices(segmenter):
-    """On 5 mm slices the partial volume across slices blurs a small nodule's density: measured
-    (docs/results.md) volume -4 % .. +23 % and mean diameter -1.3 .. +1.2 mm for the non-calcified
-    lesions; the 6 mm solid one may read as part-solid or ground glass.  Guarded: volume within
-    35 %, mean diameter within 2 mm, and the types of the lesions of 12 mm and up right."""
+    """On 5 mm slices the partial volume across slices dilutes a small nodule's density: measured
+    (docs/results.md) volume -8 % .. +13 % and mean diameter -1.9 .. +0.6 mm for the non-calcified
+    lesions (6-20 mm), and the 8 mm calcified one reads solid (its calcium averaged with the lung
+    of a 5 mm slice).  Guarded: volume within 35 %, mean diameter within 2.5 mm, and the types of
+    the lesions of 12 mm and up right."""
     got = phantom_measurements(segmenter, 5.0)
     print(got.round(3).to_string())
     sized = got[(got["diameter_mm"] >= 6.0) & (got["texture"] != "calcified")]

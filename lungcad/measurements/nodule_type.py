@@ -19,7 +19,7 @@ from scipy import ndimage
 
 TYPES = ("solid", "part-solid", "ground-glass", "calcified")
 #: HU from which a voxel is calcium-dense, and the share of the nodule that must be.
-CALCIFIED_HU = 200.0
+CALCIFIED_HU = 350.0
 CALCIFIED_FRACTION = 0.10
 #: HU from which a voxel is solid (soft tissue); ground glass lies below.
 SOLID_HU = -300.0

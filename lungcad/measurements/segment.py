@@ -4,17 +4,22 @@ The U-Net map says where the nodule is but draws it too large (on phantoms its 0
 about twice the lesion's volume), so it only *gates*: the HU draw the border.
 
 1. A box around the candidate centre, ``max(1.5 d, d + 16 mm)`` wide (d: the candidate's
-   diameter), and in it the *gate*: the component of ``prob >= gate_level`` at the centre, grown
-   by ``gate_grow_mm``, inside the lung mask (so the chest wall stays out; the mask's closing
-   keeps juxta-pleural nodules in it).
+   diameter; at most 120 mm), and in it the *gate*: the component of ``prob >= gate_level`` at
+   the centre, grown by ``gate_grow_mm``, inside the lung mask (so the chest wall stays out; the
+   mask's closing keeps juxta-pleural nodules in it).
 2. The lung level ``hu_lung``: the median HU of the lung outside the gate (below -500 HU).
-3. A loose region, HU at least ``hu_lung + 150``, connected to the centre; its *plateau*
-   ``hu_edge`` is a low percentile of the HU of its interior (1 mm in): the solid body of a solid
-   nodule, the ground glass of a part-solid or ground-glass one.
-4. The border at half the step: ``threshold = (hu_lung + hu_edge) / 2`` (half maximum, so
-   that the scanner's blur moves it neither in nor out), holes filled.
-5. An in-plane opening of radius ``min(open_mm, d / 4)`` and the component at the centre: the
-   vessels thinner than about twice that radius come off.
+3. A loose region, HU at least ``hu_lung + 150``, connected to the centre, and the *plateau*
+   ``hu_edge``: the 75th percentile of the HU within 1.5 mm (or a pixel) of the centre, at most
+   100 HU (a calcified nodule's border is that of its soft-tissue rim).  The border lies at half
+   the step, ``(hu_lung + hu_edge) / 2`` (half maximum: the scanner's blur moves it neither in
+   nor out), holes filled.
+4. A solid centre with ground glass around it (HU below -300, beyond a voxel of the solid part,
+   at least half its volume) is part-solid: the plateau is then the ground glass's median, and
+   the border that of the ground glass.
+5. An in-plane opening of radius ``min(open_mm, d / 4)``, at least a pixel, and the component at
+   the centre: the vessels thinner than about twice that radius come off.  Then a 3-D opening of
+   a quarter of the nodule's diameter (at most 4 mm; vessels across the slices, stalks), kept only
+   when it keeps 70 % of the region.
 
 Every distance is in mm; voxels stay inside.
 """
@@ -36,6 +41,12 @@ SOLID_PLATEAU_HU = 100.0
 #: GLASS_SHARE of the solid part's volume (beyond a voxel of it), is part-solid.
 GLASS_BELOW_HU = -300.0
 GLASS_SHARE = 0.5
+#: The 3-D opening's radius: this share of the nodule's diameter (the smaller of the candidate's and
+#: the region's equivalent-sphere one), at most ADAPTIVE_OPEN_MAX_MM.
+ADAPTIVE_OPEN = 0.25
+ADAPTIVE_OPEN_MAX_MM = 4.0
+#: ... kept only when it keeps at least this share of the region (a vessel is a small part of it).
+ADAPTIVE_KEEP = 0.7
 #: The plateau at the centre: this percentile of the HU within 1.5 mm (or a pixel) of it.
 CENTRE_PERCENTILE = 75.0
 
@@ -156,13 +167,21 @@ def segment_nodule(hu: np.ndarray, prob, lung_mask: np.ndarray | None, *, spacin
             region = _fill_holes(component_at(loose & (h >= 0.5 * (hu_lung + hu_edge)), c, sp, reach_mm=reach))
     threshold = 0.5 * (hu_lung + hu_edge)
 
-    # 5. vessels off: an axial opening, and the component at the centre again
+    # 5. vessels off: an axial opening, and the component at the centre again; then a 3-D
+    #    opening scaled to the nodule (vessels running across the slices, thicker stalks)
     pixel = float(sp[1:].max())
     r_open = max(min(open_mm, d / 4), 1.01 * pixel)
     if d >= 4.0 * pixel:
         opened = ndimage.binary_opening(region, ball(r_open, sp, planar=True))
         opened = component_at(opened, c, sp, reach_mm=max(2.0, d / 4))
         if opened.sum() >= 0.5 * region.sum():
+            region = opened
+    d_region = (6.0 * region.sum() * float(np.prod(sp)) / np.pi) ** (1.0 / 3.0)
+    r3 = min(ADAPTIVE_OPEN * min(d_region, d), ADAPTIVE_OPEN_MAX_MM)
+    if r3 >= 1.01 * pixel:
+        opened = ndimage.binary_opening(region, ball(r3, sp))
+        opened = component_at(opened, c, sp, reach_mm=max(2.0, d / 4))
+        if opened.sum() >= ADAPTIVE_KEEP * region.sum():     # more off: it cut the nodule itself
             region = opened
     if not region.any():
         return empty
