@@ -25,7 +25,6 @@ import numpy as np
 from lungcad import __version__
 from lungcad.config import PipelineConfig, load_config
 from lungcad.errors import ConfigError, InputError, LungcadError, StageError
-from lungcad.measurements.measure import ProbabilityCrop
 from lungcad.result import ScanResult, table_text
 from lungcad.volume import CTVolume
 
@@ -276,6 +275,7 @@ class Pipeline:
         """The network stages (candidates, morphology, FPR), the measurements of the reported
         nodules and the aggregation, after :meth:`prepare`."""
         from lungcad import aggregate
+        from lungcad.measurements import ProbabilityCrop
 
         cfg = self.config
         timings = dict(prep.timings)
