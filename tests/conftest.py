@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real TCIA scans are, and small synthetic volumes."""
+"""Shared fixtures: where the real TCIA scans are, and small synthetic volumes; how the tests
+share the cores under pytest-xdist (CI runs ``-n 2 --dist loadfile --no-loadscope-reorder``)."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker's TensorFlow, XLA and BLAS get its share of the cores
+    (with 2 workers on 2 cores: one thread each), so that the workers do not oversubscribe the
+    machine.  Set before any of them is imported; the subprocesses the tests start inherit it.
+    A variable already set is left as it is."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = str(max(1, cores // workers))
+    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    if threads == "1" and "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
+
+
+_share_the_cores()
 
 
 def real_data_root() -> Path:
@@ -44,7 +65,18 @@ def petct_dir(real_data) -> Path:
 BACKEND_MODULES = ("test_models_", "test_pipeline", "test_candidates", "test_fpr", "test_inference")
 
 
+#: Under xdist, CI hands each test module to one worker (``--dist loadfile``: its module fixtures
+#: are built once) in collection order (``--no-loadscope-reorder``).  The modules in
+#: LONGEST_FIRST (measured on CI's 2-core machine, longest first) are collected first, the others
+#: after them in file order, so that the last modules to start are short ones.
+LONGEST_FIRST: tuple[str, ...] = ("test_detection_quality", "test_cli_detect", "test_train", "test_fuzz", "test_ray_engine",
+                                   "test_bad_input_batch", "test_lungmask", "test_calibration", "test_insertion")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.startswith(BACKEND_MODULES):
             item.add_marker(pytest.mark.backends)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))   # stable: file order within
