@@ -185,6 +185,23 @@ def test_an_output_that_a_dicom_scan_cannot_have_is_one_warning_line(scan, monke
     assert r.warnings == ["no sr output: the source lacks StudyInstanceUID (0020,000D)"]
 
 
+def test_an_attribute_that_stops_both_sr_and_seg_is_one_warning_line(monkeypatch):
+    dicom = chest()
+    dicom.meta["format"] = "dicom"
+    r = reported_result(dicom)
+
+    def missing(kind):
+        def render(volume, result):
+            raise OutputSkipped(kind, "the source lacks FrameOfReferenceUID (0020,0052)")
+        return render
+
+    monkeypatch.setattr(kinds, "_renderer", lambda kind: missing(kind))
+    assert render_files(dicom, r, ("sr", "seg")) == {}
+    assert r.meta["outputs"] == {"sr": "skipped: the source lacks FrameOfReferenceUID (0020,0052)",
+                                 "seg": "skipped: the source lacks FrameOfReferenceUID (0020,0052)"}
+    assert r.warnings == ["no sr or seg output: the source lacks FrameOfReferenceUID (0020,0052)"]
+
+
 def test_a_renderer_that_cannot_be_imported_is_skipped_with_the_reason(scan, monkeypatch):
     vol, _ = scan
     r = reported_result(vol)

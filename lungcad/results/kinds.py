@@ -17,7 +17,7 @@ kind          what                                                              
 ``errors.csv`` and ``run.json`` are always written.  A per-scan renderer is
 ``fn(volume, result) -> {path relative to the output folder: bytes}``; one that cannot make its
 output for this scan raises :class:`~lungcad.errors.OutputSkipped`, which is one warning line of
-the scan (the scan is not failed).  Each chosen per-scan kind gets a note in
+the scan (the scan is not failed; SR and SEG stopped by the same missing attribute share the line).  Each chosen per-scan kind gets a note in
 ``result.meta["outputs"]``: ``"written"``, ``"skipped: <reason>"`` (with a warning line) or, for SR
 and SEG of an input that is not DICOM, ``"not written: <why>"`` (no warning: nothing is wrong).
 """
@@ -92,6 +92,7 @@ def render_files(volume, result, outputs) -> dict[str, bytes]:
     exception of a renderer passes (the caller makes it the scan's error)."""
     files: dict[str, bytes] = {}
     notes = result.meta.setdefault("outputs", {})
+    skipped: dict[str, list[str]] = {}      # reason -> the kinds it stops: one warning line each
     for kind in check_outputs(outputs):
         if kind not in RENDERERS:
             continue
@@ -105,9 +106,7 @@ def render_files(volume, result, outputs) -> dict[str, bytes]:
         except OutputSkipped as e:
             reason = " ".join(str(e.reason).split())
             notes[kind] = f"skipped: {reason}"
-            line = f"no {kind} output: {reason}"
-            if line not in result.warnings:
-                result.warnings.append(line)
+            skipped.setdefault(reason, []).append(kind)
             continue
         for path, data in got.items():
             if not isinstance(path, str) or not isinstance(data, (bytes, bytearray)):
@@ -117,4 +116,8 @@ def render_files(volume, result, outputs) -> dict[str, bytes]:
                 raise ValueError(f"the {kind} renderer writes {path!r}, which another output writes too")
             files[path] = bytes(data)
         notes[kind] = "written"
+    for reason, stopped in skipped.items():
+        line = f"no {' or '.join(stopped)} output: {reason}"
+        if line not in result.warnings:
+            result.warnings.append(line)
     return files
