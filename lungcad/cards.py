@@ -7,12 +7,22 @@ the weights reads it back to check that preprocessing against the pipeline
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from lungcad.errors import InputError
 
-__all__ = ["card_path_for", "read_card"]
+__all__ = ["card_path_for", "read_card", "weights_sha256"]
+
+
+def weights_sha256(path) -> str:
+    """The SHA-256 (hex) of a file: how a card, the scan JSON and the DICOM SR name a weights file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def card_path_for(weights) -> Path:

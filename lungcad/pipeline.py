@@ -209,6 +209,9 @@ class Pipeline:
         self._segmenter = segmenter
         self._classifier = classifier
         self._versions = None
+        #: role -> the sha256 of the weights file each network was loaded from (the scan JSON's
+        #: ``versions["weights"]``, and the DICOM SR's algorithm parameters)
+        self._weights: dict[str, str] = {}
 
     @classmethod
     def from_toml(cls, path: str | Path | None = None, **kw) -> "Pipeline":
@@ -217,14 +220,24 @@ class Pipeline:
     @property
     def segmenter(self):
         if self._segmenter is None:
-            self._segmenter = load_keras_model(self.config.resolve_weights(self.config.candidates.weights))
+            self._load("segmenter", self.config.resolve_weights(self.config.candidates.weights))
         return self._segmenter
 
     @property
     def classifier(self):
         if self._classifier is None:
-            self._classifier = load_classifier(self.config.resolve_weights(self.config.fpr.weights), self.config)
+            self._load("classifier", self.config.resolve_weights(self.config.fpr.weights))
         return self._classifier
+
+    def _load(self, role: str, path) -> None:
+        from lungcad.cards import weights_sha256
+
+        if role == "segmenter":
+            self._segmenter = load_keras_model(path)
+        else:
+            self._classifier = load_classifier(path, self.config)
+        self._weights[role] = weights_sha256(path)
+        self._versions = None
 
     @property
     def fpr_views(self) -> str:
@@ -244,9 +257,9 @@ class Pipeline:
         worker's private copy of the driver's files); the config, and so its hash in the
         outputs, stays as it is.  A network already held is kept."""
         if segmenter is not None and self._segmenter is None:
-            self._segmenter = load_keras_model(segmenter)
+            self._load("segmenter", segmenter)
         if classifier is not None and self._classifier is None:
-            self._classifier = load_classifier(classifier, self.config)
+            self._load("classifier", classifier)
         _ = self.segmenter, self.classifier
 
     def networks_held(self) -> tuple[str, ...]:
@@ -305,6 +318,10 @@ class Pipeline:
             table.insert(1, "patient_id", table_text(volume.patient_id))
         if self._versions is None:
             self._versions = versions()
+            if self._weights:
+                self._versions["weights"] = {name: self._weights[role] for role, name in
+                                             (("segmenter", "segmenter"), ("classifier", "fpr"))
+                                             if role in self._weights}
         meta = {k: v for k, v in volume.meta.items() if _is_plain(v)}
         return ScanResult(
             series_uid=volume.series_uid, patient_id=volume.patient_id, candidates=table,

@@ -152,6 +152,14 @@ def test_pipeline_with_real_keras_models(tmp_path):
     vol, _ = toy_chest()
     result = Pipeline.from_toml(toml).run(vol)
     assert result.versions["keras_backend"] == keras.backend.backend()
+    # the weights the scan ran with, by content: relative paths in a pipeline file included
+    import hashlib
+
+    from lungcad.results.dicom_common import algorithm_parameters
+    shas = {role: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+            for role, name in (("segmenter", "seg.keras"), ("fpr", "clf.keras"))}
+    assert result.versions["weights"] == shas
+    assert algorithm_parameters(result)["fpr weights sha256"] == shas["fpr"]
     c = result.candidates
     assert len(c) >= 1
     assert c["nodule_prob"].between(0, 1).all() and c["malignancy_prob"].between(0, 1).all()

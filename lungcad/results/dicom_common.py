@@ -175,6 +175,7 @@ def weights_sha256(result) -> dict[str, str]:
     if isinstance(recorded, dict) and recorded:
         return {str(k): str(v.get("sha256") if isinstance(v, dict) else v)
                 for k, v in recorded.items()}
+    from lungcad.cards import weights_sha256 as file_sha256
     from lungcad.config import WEIGHTS_DIR
 
     out = {}
@@ -183,16 +184,8 @@ def weights_sha256(result) -> dict[str, str]:
         if not ref:
             continue
         path = WEIGHTS_DIR / ref.split(":", 1)[1] if ref.startswith("builtin:") else Path(ref)
-        out[role] = _sha256(path) if path.is_absolute() and path.is_file() else "unknown"
+        out[role] = file_sha256(path) if path.is_absolute() and path.is_file() else "unknown"
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def algorithm_parameters(result) -> dict[str, str]:

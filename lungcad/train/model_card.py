@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 import platform
 import sys
@@ -17,6 +16,7 @@ import pandas as pd
 import keras
 
 from lungcad import __version__
+from lungcad.cards import weights_sha256
 from lungcad.train.settings import TrainSettings
 
 
@@ -30,11 +30,8 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The SHA-256 of a file (:func:`lungcad.cards.weights_sha256`)."""
+    return weights_sha256(path)
 
 
 def make_card(*, name: str, task: str, model, architecture: dict, preprocessing: dict, data: dict,
