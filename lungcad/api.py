@@ -147,15 +147,16 @@ def detect(input_path, output_dir, *, pipeline=None, engine: Serial | Ray | None
         import_ray()                      # RayNotInstalled before anything is read
     batch = start_batch(opts, pipeline)
     counts = {"done": 0, "failed": batch.input_failures}
+    info = engine.describe()
     try:
         if batch.pending:
             if isinstance(engine, Ray):
                 from lungcad.ray_engine import run_batch
-                run_batch(batch, engine, counts)
+                run_batch(batch, engine, counts, info)
             else:
                 _run_serial(batch, counts)
     finally:
-        summary = batch.finish(done=counts["done"], failures=counts["failed"], engine=engine.describe())
+        summary = batch.finish(done=counts["done"], failures=counts["failed"], engine=info)
     return summary
 
 

@@ -7,7 +7,9 @@ One scan is one row (and one block) of a Ray dataset:
    actors, ``num_gpus`` each) runs the rest of the pipeline and renders the crops and the
    other per-scan files that ``--outputs`` chooses, as bytes (:meth:`ScanJob.networks`);
 3. the driver writes each scan's outputs as it arrives (atomically, the same files as the
-   serial engine) and finalizes the tables and ``run.json``.
+   serial engine) and finalizes the tables and ``run.json``, whose ``engine`` entry says which
+   node of the cluster read how many scans and ran the networks on how many
+   (``engine.nodes``).
 
 A scan that fails is returned as data (an error row), never raised, so that one bad scan
 does not fail the Ray job; a worker that dies (killed, out of memory) loses only its own
@@ -61,6 +63,13 @@ def _error_payload(job, exc) -> bytes:
     return _dump(("error", job.error(exc)))
 
 
+def _node_id() -> str:
+    """The Ray node this task or actor runs on (hex)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def _load(row: dict[str, Any], *, pipe_blob: bytes) -> dict[str, Any]:
     """CPU task: read one scan and compute its lung mask (:meth:`ScanJob.load`)."""
     from lungcad.scan_job import ScanJob
@@ -71,7 +80,7 @@ def _load(row: dict[str, Any], *, pipe_blob: bytes) -> dict[str, Any]:
         payload = _dump(("loaded", job.series, volume, prep))
     except Exception as e:  # noqa: BLE001  a scan's failure is data, not a failed Ray job
         payload = _error_payload(job, e)
-    return {"i": row["i"], "payload": payload}
+    return {"i": row["i"], "payload": payload, "read_node": _node_id()}
 
 
 class _Networks:
@@ -103,10 +112,11 @@ class _Networks:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from lungcad.scan_job import ScanJob
 
-        out = []
+        out, nodes, here = [], [], _node_id()
         for i, payload in zip(batch["i"], batch["payload"]):
             item = pickle.loads(payload)
-            if item[0] == "loaded":
+            loaded = item[0] == "loaded"
+            if loaded:
                 _, series, volume, prep = item
                 job = ScanJob(series, outputs=self.outputs)
                 tries = self._tries(int(i))
@@ -119,8 +129,9 @@ class _Networks:
                     payload = _error_payload(job, e)
                 item = volume = prep = None
                 gc.collect()
+            nodes.append(here if loaded else "")
             out.append(payload)
-        return {"i": batch["i"], "payload": out}
+        return {"i": batch["i"], "payload": out, "read_node": batch["read_node"], "networks_node": nodes}
 
 
 def weight_files(config, *, skip=()) -> dict[str, tuple[str, bytes]]:
@@ -207,11 +218,12 @@ def ray_init(ray, address: str | None = None, *, num_cpus: int | None = None) ->
     return True
 
 
-def run_batch(batch, engine: Ray, counts: dict[str, int]) -> None:
+def run_batch(batch, engine: Ray, counts: dict[str, int], info: dict[str, Any] | None = None) -> None:
     """Run the pending scans of ``batch`` (:func:`lungcad.api.start_batch`) on Ray, as
     ``engine`` says; ``counts`` (``done``, ``failed``) is kept up to date as each scan ends, so
-    that a batch stopped midway still counts what it finished.  :func:`lungcad.api.detect`
-    calls it and writes the tables afterwards, whatever happened here."""
+    that a batch stopped midway still counts what it finished.  ``info`` (the ``engine`` entry
+    of ``run.json``) gets ``nodes``: :func:`node_table`.  :func:`lungcad.api.detect` calls it
+    and writes the tables afterwards, whatever happened here."""
     ray = import_ray()
     pipe = batch.pipe
     # the pipeline as the workers get it: before any model is loaded here (models given to
@@ -222,14 +234,31 @@ def run_batch(batch, engine: Ray, counts: dict[str, int]) -> None:
     pipe.load_models()        # a missing or unfit weights file: one error, before Ray starts
     files = weight_files(pipe.config, skip=given)
     started = ray_init(ray, engine.address, num_cpus=engine.num_cpus)
+    work: dict[str, dict[str, int]] = {}
     try:
-        _run(ray, batch, pipe_blob, files, engine=engine, counts=counts)
+        _run(ray, batch, pipe_blob, files, engine=engine, counts=counts, work=work)
     finally:
+        if info is not None:
+            info["nodes"] = node_table(ray, work)
         if started:
             ray.shutdown()
 
 
-def _run(ray, batch, pipe_blob, files, *, engine: Ray, counts: dict[str, int]):
+def node_table(ray, work: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """``run.json``'s ``engine.nodes``: per node that did work, its id, host name and IP, the
+    scans it read and lung-masked (``scans_read``) and those it ran the networks on
+    (``scans_networks``)."""
+    try:
+        known = {n["NodeID"]: n for n in ray.nodes()}
+    except Exception:  # noqa: BLE001  the table is information: without Ray's node list, the ids alone
+        known = {}
+    return [{"node_id": node, "hostname": known.get(node, {}).get("NodeManagerHostname", ""),
+             "ip": known.get(node, {}).get("NodeManagerAddress", ""),
+             "scans_read": n.get("read", 0), "scans_networks": n.get("networks", 0)}
+            for node, n in sorted(work.items())]
+
+
+def _run(ray, batch, pipe_blob, files, *, engine: Ray, counts: dict[str, int], work: dict[str, dict[str, int]]):
     from ray.data import DataContext
 
     from lungcad.scan_job import ScanJob, done_line, logger, report_error
@@ -263,6 +292,10 @@ def _run(ray, batch, pipe_blob, files, *, engine: Ray, counts: dict[str, int]):
     for row in ds.iter_rows():
         i = int(row["i"])
         seen.add(i)
+        for key, node in (("read", row.get("read_node")), ("networks", row.get("networks_node"))):
+            if node:
+                work.setdefault(node, {}).setdefault(key, 0)
+                work[node][key] += 1
         item = pickle.loads(row["payload"])
         job = ScanJob(pending[i], outputs=batch.options.outputs)
         if item[0] == "done":

@@ -93,6 +93,8 @@ def test_ray_outputs_equal_the_serial_engine(tmp_path, scans, local_ray, keras_l
     assert (par / "report.html").is_file()
     run = json.loads((par / "run.json").read_text())
     assert run["engine"]["name"] == "ray" and run["counts"]["done"] == 2
+    (node,) = run["engine"]["nodes"]                    # which node did what: here, the one local node
+    assert (node["scans_read"], node["scans_networks"]) == (2, 2) and node["node_id"]
     assert not list(par.rglob("*.tmp*"))
     # resume: a second run finds both scans done and starts no Ray work
     s3 = api.detect(scans, par, engine=Ray(), pipeline=toml)
