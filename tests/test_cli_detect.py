@@ -167,9 +167,9 @@ def test_shards_and_merge_equal_one_run(tmp_path, batch, reference_run):
     a, b = tmp_path / "a", tmp_path / "b"
     assert lungcad("detect", batch, "-o", a, "--no-progress", env={"SLURM_ARRAY_TASK_ID": "0",
                    "SLURM_ARRAY_TASK_COUNT": "2"}).returncode == 0
-    # a pod of examples/kubernetes/lungcad-detect-job.yaml: the index from the Job, the count from the manifest
-    assert lungcad("detect", batch, "-o", b, "--no-progress", env={"JOB_COMPLETION_INDEX": "1",
-                   "LUNGCAD_NUM_SHARDS": "2"}).returncode == 0
+    # the flags win over a pod's variables (examples/kubernetes/lungcad-detect-job.yaml sets these)
+    assert lungcad("detect", batch, "-o", b, "--num-shards", "2", "--shard-index", "1", "--no-progress",
+                   env={"JOB_COMPLETION_INDEX": "0", "LUNGCAD_NUM_SHARDS": "3"}).returncode == 0
     na, nb = (len(list((d / "scans").glob("*.json"))) for d in (a, b))
     assert (na, nb) == (2, 1)
     assert lungcad("merge", a, b, "-o", tmp_path / "m").returncode == 0
