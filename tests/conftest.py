@@ -70,10 +70,11 @@ BACKEND_MODULES = ("test_models_", "test_pipeline", "test_candidates", "test_fpr
 #: LONGEST_FIRST (measured on CI's 2-core machine, longest first) are collected first, the others
 #: after them in file order, so that the last modules to start are short ones.
 LONGEST_FIRST: tuple[str, ...] = (
-    "test_detection_quality", "test_cli_detect", "test_ray_engine", "test_train", "test_models_resnet",
-    "test_models_wideresnet", "test_fuzz", "test_models_unet", "test_insertion", "test_bad_input_batch",
-    "test_models_resnet_v2", "test_pipeline", "test_models_vgg", "test_calibration", "test_lungmask",
-    "test_models_googlenet", "test_measurements", "test_protocol")
+    "test_detection_quality", "test_cli_detect", "test_bad_input_batch", "test_train", "test_insertion",
+    "test_fuzz", "test_ray_engine", "test_models_resnet", "test_lungmask", "test_calibration",
+    "test_models_wideresnet", "test_ray_cluster", "test_models_unet", "test_synthetic", "test_models_resnet_v2",
+    "test_pipeline", "test_models_vgg", "test_protocol", "test_measurements", "test_models_googlenet",
+    "test_models_registry")
 
 
 def pytest_collection_modifyitems(config, items):
