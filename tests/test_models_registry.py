@@ -32,13 +32,15 @@ def test_registry_names_and_info():
     assert (info["family"], info["dims"], info["input_shape"]) == ("wideresnet", 3, (32, 32, 32, 1))
     assert info["family_kwargs"] == {"depth": 28, "width": 10, "dropout": 0.3}
     assert model_info("unet2d-classic")["fixed"] == {"dims": 2, "depth": 4, "base_filters": 32}
-    assert [model_info(n)["dims"] for n in list_models()].count(3) == 3  # wrn3d, unet3d, resnet18-3d
+    # wrn3d, unet3d, resnet18-3d and the four 3-D DCGAN networks
+    assert [model_info(n)["dims"] for n in list_models()].count(3) == 7
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_registry_entries_are_consistent(name):
     info = model_info(name)
-    assert len(info["input_shape"]) == info["dims"] + 1
+    # a generator's input is its noise vector
+    assert len(info["input_shape"]) == (1 if name.endswith(("generator", "generator-3d")) else info["dims"] + 1)
     assert info["fixed"].get("dims", info["dims"]) == info["dims"]
     assert "dims" not in info["family_kwargs"]  # the name fixes 2D or 3D
     assert info["description"]

@@ -101,6 +101,13 @@ CASES = {
     "unet3d": Case({(8, 8, 8, 1): (8, 8, 8, 4), (16, 8, 24, 1): (16, 8, 24, 4)},
                    {"depth": 2, "base_filters": 4}, segmentation=True, learning_rate=3e-3),
 }
+# The GAN networks have no classifier to run the three checks on; tests/test_models_dcgan.py checks them
+# (shapes, round trip, parameter counts) and tests/test_train_gan.py their training.  Input -> output shapes:
+for _prefix in ("dcgan", "cdcgan"):
+    CASES[f"{_prefix}-generator"] = Case({(16,): (16, 16, 1)}, {"base_filters": 8, "output_shape": (16, 16, 1)})
+    CASES[f"{_prefix}-discriminator"] = Case({(16, 16, 1): (1,)}, {"base_filters": 8})
+    CASES[f"{_prefix}-generator-3d"] = Case({(16,): (8, 8, 8, 1)}, {"base_filters": 8, "output_shape": (8, 8, 8, 1)})
+    CASES[f"{_prefix}-discriminator-3d"] = Case({(8, 8, 8, 1): (1,)}, {"base_filters": 8})
 
 
 def smallest(name: str) -> tuple:

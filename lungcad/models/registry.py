@@ -15,6 +15,7 @@ import keras
 
 from lungcad.models.alexnet import alexnet
 from lungcad.models.common import load_weights
+from lungcad.models.dcgan import dcgan_discriminator, dcgan_generator
 from lungcad.models.googlenet import googlenet
 from lungcad.models.lenet import lenet5
 from lungcad.models.resnet import RESNET_LAYOUTS, resnet
@@ -112,6 +113,19 @@ def _specs() -> list[ModelSpec]:
                   "U-Net on volumes (3D convolutions); depth, base_filters, batch_norm, dropout",
                   fixed={"dims": 3}, defaults={"depth": 3, "base_filters": 16}),
     ]
+    for prefix, conditional in (("dcgan", 0), ("cdcgan", 4)):
+        kind = "conditional (diameter and type, Han 2019) " if conditional else ""
+        for suffix, dims, image in (("", 2, (64, 64, 3)), ("-3d", 3, (32, 32, 32, 1))):
+            fixed = {"dims": dims}
+            defaults = {"condition_dim": conditional} if conditional else {}
+            specs += [
+                ModelSpec(f"{prefix}-generator{suffix}", "dcgan", dims, dcgan_generator, (100,), None,
+                          f"DCGAN {kind}generator (Radford 2016): noise 100 to {'x'.join(map(str, image))}; "
+                          "output_shape, base_filters", fixed=fixed, defaults={**defaults, "output_shape": image}),
+                ModelSpec(f"{prefix}-discriminator{suffix}", "dcgan", dims, dcgan_discriminator, image, 1,
+                          f"DCGAN {kind}discriminator (Radford 2016): strided 4x4 convolutions to one logit; "
+                          "base_filters", fixed=fixed, defaults=defaults),
+            ]
     return specs
 
 
