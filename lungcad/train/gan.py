@@ -1,0 +1,204 @@
+"""Adversarial training of a generator and a discriminator with ``model.fit`` (TensorFlow or JAX).
+
+>>> from lungcad.models import build_model
+>>> gan = GAN(build_model("dcgan-generator", input_shape=(16,), output_shape=(16, 16, 1), base_filters=8),
+...           build_model("dcgan-discriminator", input_shape=(16, 16, 1), base_filters=8,
+...                       classifier_activation=None))
+>>> gan.compile()
+>>> history = gan.fit(patches, batch_size=32, epochs=1)    # patches in [-1, 1]
+
+Losses (Goodfellow et al. 2014; Salimans et al. 2016):
+
+- the discriminator minimises the binary cross-entropy of real patches against
+  the target ``real_label`` (0.9: one-sided label smoothing) and of generated
+  patches against 0;
+- the generator minimises the non-saturating loss ``-log D(G(z))`` (the
+  cross-entropy of its samples against the label 1).
+
+Both players are updated from the same batch, simultaneously (gradients taken
+against the same discriminator), by one optimizer over the union of their
+weights: Adam keeps its moments per variable, so this is two Adams with the
+same settings (Radford et al.: learning rate 2e-4, beta_1 0.5), and the
+Keras trainer's single optimizer state serves both backends.  A frozen player
+(``discriminator.trainable = False``) is not updated.  The data is the real
+images, or ``(images, conditions)`` for the conditional variant (the generator
+is then sampled with the batch's conditions).
+
+The backend-specific code of the project lives here: ``tf.GradientTape`` for
+TensorFlow and a stateless ``jax.value_and_grad`` step for JAX.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+class GAN(keras.Model):
+    """Two players, one ``fit``; ``d_loss``, ``g_loss`` and ``d_real`` / ``d_fake`` (mean scores) logged.
+
+    Parameters
+    ----------
+    generator : keras.Model
+        Noise (and condition) to image.
+    discriminator : keras.Model
+        Image (and condition) to one score per sample.
+    real_label : float, optional
+        Target of real images for the discriminator (one-sided smoothing; 1 disables it).
+    from_logits : bool, optional
+        True (default) when the discriminator outputs logits (``classifier_activation=None``).
+    seed : int, optional
+        Seed of the noise.
+    """
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, *, real_label: float = 0.9,
+                 from_logits: bool = True, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.5 < real_label <= 1.0:
+            raise ValueError(f"expected 0.5 < real_label <= 1; received real_label={real_label!r}")
+        self.generator = generator
+        self.discriminator = discriminator
+        self.real_label = float(real_label)
+        self.from_logits = bool(from_logits)
+        self.latent_dim = int(generator.inputs[0].shape[-1])
+        self.conditional = len(generator.inputs) > 1
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True  # both players are built; fit has no need to trace ``call`` on the data
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def compile(self, optimizer=None, **kwargs):
+        """Adam(2e-4, beta_1=0.5) unless an optimizer is given; no loss (the step has its own)."""
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(2e-4, beta_1=0.5)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def call(self, inputs, training=False):
+        """The generator: noise (and conditions) to images."""
+        return self.generator(inputs, training=training)
+
+    def sample(self, n: int, conditions=None, *, seed: int = 0):
+        """``n`` generated images (numpy), from noise of the given seed."""
+        noise = keras.random.normal((n, self.latent_dim), seed=seed)
+        inputs = [noise, ops.convert_to_tensor(conditions, "float32")] if self.conditional else noise
+        return ops.convert_to_numpy(self.generator(inputs, training=False))
+
+    def score(self, images, conditions=None):
+        """Mean probability that the discriminator gives ``images`` of being real."""
+        out = self.discriminator([images, conditions] if self.conditional else images, training=False)
+        return float(ops.mean(ops.sigmoid(out) if self.from_logits else out))
+
+    # ---- the pieces both backends share ---------------------------------------------------------
+
+    def _split(self, data):
+        if isinstance(data, (tuple, list)):
+            images = data[0]
+            conditions = data[1] if self.conditional and len(data) > 1 else None
+        else:
+            images, conditions = data, None
+        if self.conditional and conditions is None:
+            raise ValueError("a conditional GAN expects (images, conditions) batches; received images only")
+        return images, conditions
+
+    def _cross_entropy(self, target, score):
+        return ops.mean(ops.binary_crossentropy(ops.full_like(score, target), score, from_logits=self.from_logits))
+
+    def _player_losses(self, d_real, d_fake, d_fake_for_g):
+        d_loss = self._cross_entropy(self.real_label, d_real) + self._cross_entropy(0.0, d_fake)
+        g_loss = self._cross_entropy(1.0, d_fake_for_g)
+        return d_loss, g_loss
+
+    def _inputs_of(self, x, conditions):
+        return [x, conditions] if conditions is not None else x
+
+    def _mean_scores(self, d_real, d_fake):
+        prob = ops.sigmoid if self.from_logits else (lambda t: t)
+        return ops.mean(prob(d_real)), ops.mean(prob(d_fake))
+
+    def train_step(self, *args):
+        if keras.backend.backend() == "jax":
+            return self._jax_train_step(*args)
+        if keras.backend.backend() == "tensorflow":
+            return self._tf_train_step(*args)
+        raise NotImplementedError(f"GAN.train_step: expected the tensorflow or jax backend; received "
+                                  f"{keras.backend.backend()!r}")
+
+    # ---- TensorFlow ----------------------------------------------------------------------------
+
+    def _tf_train_step(self, data):
+        import tensorflow as tf
+
+        images, conditions = self._split(data)
+        noise = keras.random.normal((ops.shape(images)[0], self.latent_dim), seed=self.seed_generator)
+        g_vars = self.generator.trainable_variables
+        d_vars = self.discriminator.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            fake = self.generator(self._inputs_of(noise, conditions), training=True)
+            d_real = self.discriminator(self._inputs_of(images, conditions), training=True)
+            d_fake = self.discriminator(self._inputs_of(fake, conditions), training=True)
+            d_loss, g_loss = self._player_losses(d_real, d_fake, d_fake)
+        grads = (tape.gradient(g_loss, g_vars) if g_vars else []) + (tape.gradient(d_loss, d_vars) if d_vars else [])
+        del tape
+        if grads:
+            self.optimizer.apply(grads, g_vars + d_vars)
+        values = dict(zip(self.trackers, (d_loss, g_loss, *self._mean_scores(d_real, d_fake))))
+        for name, tracker in self.trackers.items():
+            tracker.update_state(values[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    # ---- JAX (stateless) -----------------------------------------------------------------------
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        images, conditions = self._split(data)
+        t_pos = {id(v): i for i, v in enumerate(self.trainable_variables)}
+        n_pos = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
+        pick = lambda values, pos, variables: [values[pos[id(v)]] for v in variables]  # noqa: E731
+        g_t = pick(trainable, t_pos, self.generator.trainable_variables)
+        d_t = pick(trainable, t_pos, self.discriminator.trainable_variables)
+        g_n = pick(non_trainable, n_pos, self.generator.non_trainable_variables)
+        d_n = pick(non_trainable, n_pos, self.discriminator.non_trainable_variables)
+        seed_index = n_pos[id(self.seed_generator.state)]
+        with keras.StatelessScope(state_mapping=[(self.seed_generator.state, non_trainable[seed_index])]) as scope:
+            noise = keras.random.normal((images.shape[0], self.latent_dim), seed=self.seed_generator)
+            seed_value = scope.get_current_value(self.seed_generator.state)
+
+        def loss_fn(g_t, d_t, g_n, d_n):
+            fake, g_n = self.generator.stateless_call(g_t, g_n, self._inputs_of(noise, conditions), training=True)
+            d_real, d_n = self.discriminator.stateless_call(d_t, d_n, self._inputs_of(images, conditions), training=True)
+            d_fake, d_n = self.discriminator.stateless_call(d_t, d_n, self._inputs_of(jax.lax.stop_gradient(fake),
+                                                                                conditions), training=True)
+            # the generator's loss through a discriminator whose weights get no gradient from it
+            d_fake_for_g, _ = self.discriminator.stateless_call(jax.lax.stop_gradient(d_t), d_n,
+                                                                self._inputs_of(fake, conditions), training=True)
+            d_loss, g_loss = self._player_losses(d_real, d_fake, d_fake_for_g)
+            return d_loss + g_loss, (d_loss, g_loss, d_real, d_fake, g_n, d_n)
+
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        (_, (d_loss, g_loss, d_real, d_fake, g_n, d_n)), (g_grads, d_grads) = grad_fn(g_t, d_t, g_n, d_n)
+        g_vars = self.generator.trainable_variables
+        d_vars = self.discriminator.trainable_variables
+        new_trainable = list(trainable)
+        if g_vars or d_vars:
+            updated, optimizer_vars = self.optimizer.stateless_apply(
+                optimizer_vars, list(g_grads) + list(d_grads), g_t + d_t)
+            for variable, value in zip(g_vars + d_vars, updated):
+                new_trainable[t_pos[id(variable)]] = value
+        new_non_trainable = list(non_trainable)
+        for variable, value in zip(self.generator.non_trainable_variables + self.discriminator.non_trainable_variables,
+                                   list(g_n) + list(d_n)):
+            new_non_trainable[n_pos[id(variable)]] = value
+        new_non_trainable[seed_index] = seed_value
+        values = dict(zip(self.trackers, (d_loss, g_loss, *self._mean_scores(d_real, d_fake))))
+        new_metrics, logs, start = [], {}, 0
+        for name, tracker in self.trackers.items():
+            own = metrics_vars[start:start + len(tracker.variables)]
+            start += len(tracker.variables)
+            own = tracker.stateless_update_state(own, values[name])
+            logs[name] = tracker.stateless_result(own)
+            new_metrics += list(own)
+        return logs, (new_trainable, new_non_trainable, optimizer_vars, new_metrics)
