@@ -103,3 +103,20 @@ def test_kid_on_a_backbone():
     same = kernel_inception_distance(_real(64, 0.7, 0), _real(64, 0.7, 1), backbone, subsets=5, subset_size=32)
     assert (result["n_real"], result["n_fake"], result["subset_size"]) == (64, 64, 32)
     assert result["kid"] > 10 * abs(same["kid"]) and result["kid"] > 0
+
+
+def test_phantom_patches_are_lesions_in_the_tanh_range():
+    from lungcad.train.gan_data import conditions_of, phantom_patches
+
+    patches, lesions = phantom_patches([3], patch_size=16, fov_mm=32.0,
+                                       phantom_kwargs={"shape": (None, 96, 96), "n_nodules": 2, "n_masses": 0,
+                                                       "n_micronodules": 0})
+    assert patches.shape == (len(lesions), 16, 16, 1) and len(lesions) >= 2
+    assert patches.min() >= -1.0 and patches.max() <= 1.0
+    centre = patches[:, 6:10, 6:10].mean(axis=(1, 2, 3))
+    border = np.concatenate([patches[:, :2], patches[:, -2:]], axis=1).mean(axis=(1, 2, 3))
+    assert np.all(centre > border), (centre, border)  # a lesion (soft tissue) is brighter than the lung around it
+    conditions = conditions_of(lesions)
+    assert conditions.shape == (len(lesions), 4)
+    np.testing.assert_allclose(conditions[:, 0], lesions["diameter_mm"] / 10.0, rtol=1e-6)
+    assert np.all(conditions[:, 1:].sum(axis=1) <= 1)
