@@ -8,6 +8,7 @@ and its errors are the same whichever runs it.  See docs/architecture.md, "Error
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from contextlib import contextmanager
 
@@ -79,16 +80,20 @@ class ScanJob:
         self.outputs = check_outputs(outputs)          #: the kinds chosen (``--outputs``)
 
     def load(self, pipe):
-        """``(volume, prepared)``: the scan read, and :meth:`Pipeline.prepare` of it."""
+        """``(volume, prepared)``: the scan read, and :meth:`Pipeline.prepare` of it.  The
+        reading's seconds are the first of the scan's timings (``read``)."""
         from lungcad.io import load_series
 
         caught: list = []
         uid = self.series.series_uid
         with captured_warnings(caught):
+            t0 = time.perf_counter()
             with in_stage("io", uid):
                 volume = load_series(self.series)
+            read_s = round(time.perf_counter() - t0, 4)
             with in_stage("pipeline", uid):
                 prep = pipe.prepare(volume)
+        prep.timings = {"read": read_s, **prep.timings}
         prep.warnings.extend(w for w in caught if w not in prep.warnings)
         return volume, prep
 
@@ -98,7 +103,8 @@ class ScanJob:
         (:func:`lungcad.results.kinds.render_files`: SR, SEG, viewer files; an output that this
         scan cannot have is a warning line and a note, not a failure).  The result's arrays on
         the volume grid (``lung_mask``, ``nodule_labels``) are dropped once the files are made,
-        so that they travel no further (the Ray engine sends the result to the driver)."""
+        so that they travel no further (the Ray engine sends the result to the driver).  Making
+        the images and files is the scan's last timing (``outputs``)."""
         from lungcad.results import crops as _crops
         from lungcad.results.kinds import render_files
 
@@ -107,6 +113,7 @@ class ScanJob:
         with captured_warnings(caught):
             with in_stage("pipeline", uid):
                 result = pipe.finish(volume, prep, input_path=str(self.series.path))
+            t0 = time.perf_counter()
             with in_stage("outputs", uid):
                 crops = (_crops.render_crops(volume, result.candidates, top_n=3, overview=True)
                          if "html" in self.outputs else {})
@@ -116,6 +123,7 @@ class ScanJob:
                 for name in ("lung_mask", "nodule_labels"):
                     if getattr(result, name, None) is not None:
                         setattr(result, name, None)
+            result.timings["outputs"] = round(time.perf_counter() - t0, 4)
         result.warnings.extend(w for w in caught if w not in result.warnings)
         return result, crops, files
 
