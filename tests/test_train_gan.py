@@ -120,3 +120,23 @@ def test_phantom_patches_are_lesions_in_the_tanh_range():
     assert conditions.shape == (len(lesions), 4)
     np.testing.assert_allclose(conditions[:, 0], lesions["diameter_mm"] / 10.0, rtol=1e-6)
     assert np.all(conditions[:, 1:].sum(axis=1) <= 1)
+
+
+def test_lungcad_train_gan_end_to_end(tmp_path):
+    import json
+
+    from lungcad.cli import main
+
+    run_dir, out = tmp_path / "run", tmp_path / "g.keras"
+    rc = main(["train", "gan", "--synthetic", "1", "--synthetic-seed", "3", "--patch", "16", "--epochs", "2",
+               "--batch-size", "4", "--sample-every", "1", "--base-filters", "4", "--run-dir", str(run_dir),
+               "--out", str(out), "--no-progress",
+               "--phantom-kwargs", '{"shape": [null, 96, 96], "n_nodules": 3, "n_masses": 0, "n_micronodules": 0}'])
+    assert rc == 0
+    for name in ("generator.keras", "discriminator.keras", "log.csv", "samples_epoch001.png", "samples_epoch002.png"):
+        assert (run_dir / name).is_file(), name
+    assert len((run_dir / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    card = json.loads((tmp_path / "g.card.json").read_text())
+    assert card["task"] == "gan" and card["data"]["n_patches"] == 3 and card["training"]["epochs_run"] == 2
+    generator = keras.saving.load_model(out, safe_mode=True)
+    assert generator.output_shape == (None, 16, 16, 1)

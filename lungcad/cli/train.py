@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-TASKS = ("segmenter", "fpr")
+TASKS = ("segmenter", "fpr", "gan")
 
 
 def add_parser(sub, parents):
@@ -125,6 +125,9 @@ def add_parser(sub, parents):
     m.add_argument("--negatives-benign", action="store_true",
                    help="fpr: candidates that are not lesions teach the malignancy head too (target 0), so "
                         "that it reads as the probability of a malignant lesion")
+    m.add_argument("--sample-every", type=int, default=5, metavar="K",
+                   help="gan: write a PNG grid of generated patches every K epochs")
+    m.add_argument("--patch", type=int, default=64, help="gan: patch size in pixels (64 mm field of view)")
     p.set_defaults(func=run)
     return p
 
@@ -237,6 +240,8 @@ def run(args) -> int:
         learning_rate=args.learning_rate, patience=args.patience, val_fraction=args.val_fraction,
         seed=args.seed, workers=args.workers, max_cases_in_memory=args.max_cases_in_memory, verbose=verbose,
         init_weights=args.init_weights, time_limit_min=args.time_limit)
+    if args.task == "gan":
+        return _run_gan(args, settings, model_kwargs)
     try:
         settings.check()
         cases, data_info = gather_cases(args)
@@ -358,4 +363,28 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
     if backbone != config.fpr.backbone:
         print(f"lungcad train fpr: these weights hold a {backbone!r} backbone: a pipeline that uses them "
               f"needs [fpr] backbone = \"{backbone}\" and [fpr] weights = \"{out}\"")
+    return 0
+
+
+def _run_gan(args, settings, model_kwargs) -> int:
+    """A DCGAN on the axial lesion patches of ``--synthetic N`` phantoms (lungcad.train.gan.train_gan)."""
+    from lungcad.train.gan import train_gan
+    from lungcad.train.gan_data import phantom_patches
+
+    if not args.synthetic or args.backgrounds:
+        print("lungcad train: error: gan trains on --synthetic N phantoms (--backgrounds is not supported yet)",
+              file=sys.stderr)
+        return 2
+    seeds = range(args.synthetic_seed, args.synthetic_seed + args.synthetic)
+    patches, lesions = phantom_patches(seeds, patch_size=args.patch, fov_mm=float(args.patch),
+                                       phantom_kwargs=_json_arg(args.phantom_kwargs, "--phantom-kwargs"))
+    run_dir = Path(args.run_dir or "runs/gan")
+    out = Path(args.out or run_dir / "gan_generator.keras")
+    card = train_gan(patches, run_dir=run_dir, out=out, epochs=args.epochs, batch_size=settings.batch_size,
+                     sample_every=args.sample_every, time_limit_min=args.time_limit, resume=args.resume,
+                     seed=args.seed, learning_rate=args.learning_rate if args.learning_rate != 1e-3 else 2e-4,
+                     settings=settings, data_info={"source": "synthetic", "seeds": [seeds[0], seeds[-1]],
+                                                   "n_lesions": int(len(lesions))},
+                     **{"base_filters": args.base_filters or 64, **model_kwargs})
+    print(f"lungcad train gan: {out} ({card['data']['n_patches']} patches, {card['training']['epochs_run']} epochs)")
     return 0

@@ -202,3 +202,102 @@ class GAN(keras.Model):
             logs[name] = tracker.stateless_result(own)
             new_metrics += list(own)
         return logs, (new_trainable, new_non_trainable, optimizer_vars, new_metrics)
+
+
+# ---- the training run: checkpoints, CSV log, sample grids, model card --------------------------
+
+def save_grid(images, path, *, columns: int = 8) -> None:
+    """Write a grid of images in [-1, 1] (first channel) as a PNG (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    images = np.asarray(images)[..., 0]
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns, rows), squeeze=False)
+    for ax, i in zip(axes.ravel(), range(rows * columns)):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray", vmin=-1, vmax=1)
+    fig.savefig(path, dpi=64)
+    plt.close(fig)
+
+
+class _GanRun(keras.callbacks.Callback):
+    """Per epoch: the two players' checkpoints; every ``sample_every`` epochs a grid; the time limit."""
+
+    def __init__(self, gan, run_dir, *, sample_every: int, time_limit_min, n_samples: int = 32):
+        super().__init__()
+        import time
+
+        self.gan, self.run_dir, self.sample_every = gan, run_dir, max(int(sample_every), 1)
+        self.deadline = None if time_limit_min is None else time.monotonic() + 60.0 * time_limit_min
+        self.noise = keras.random.normal((n_samples, gan.latent_dim), seed=12345)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        self.gan.generator.save(self.run_dir / "generator.keras")
+        self.gan.discriminator.save(self.run_dir / "discriminator.keras")
+        if (epoch + 1) % self.sample_every == 0 and not self.gan.conditional:
+            samples = ops.convert_to_numpy(self.gan.generator(self.noise, training=False))
+            save_grid(samples, self.run_dir / f"samples_epoch{epoch + 1:03d}.png")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.model.stop_training = True
+
+
+def train_gan(images, *, run_dir, out, epochs: int = 20, batch_size: int = 64, sample_every: int = 5,
+              time_limit_min=None, resume: bool = False, seed: int = 0, latent_dim: int = 100,
+              base_filters: int = 64, learning_rate: float = 2e-4, data_info=None, settings=None) -> dict:
+    """Train a DCGAN on ``images`` (N, P, P, C) in [-1, 1]; write the generator to ``out`` and its card.
+
+    ``run_dir`` holds ``generator.keras`` / ``discriminator.keras`` (each epoch), ``log.csv`` and
+    ``samples_epochNNN.png``; ``resume`` goes on from them.  Returns the card.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from lungcad.models import build_model
+    from lungcad.train.model_card import make_card
+
+    run_dir, out = Path(run_dir), Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shape = tuple(images.shape[1:])
+    log = run_dir / "log.csv"
+    initial_epoch = 0
+    keras.utils.set_random_seed(seed)
+    if resume and (run_dir / "generator.keras").is_file():
+        generator = keras.saving.load_model(run_dir / "generator.keras", safe_mode=True)
+        discriminator = keras.saving.load_model(run_dir / "discriminator.keras", safe_mode=True)
+        initial_epoch = len(pd.read_csv(log)) if log.is_file() else 0
+    else:
+        generator = build_model("dcgan-generator", input_shape=(latent_dim,), output_shape=shape,
+                                base_filters=base_filters)
+        discriminator = build_model("dcgan-discriminator", input_shape=shape, base_filters=base_filters,
+                                    classifier_activation=None)
+    gan = GAN(generator, discriminator, seed=seed)
+    gan.compile(keras.optimizers.Adam(learning_rate, beta_1=0.5))
+    callbacks = [keras.callbacks.CSVLogger(str(log), append=initial_epoch > 0),
+                 _GanRun(gan, run_dir, sample_every=sample_every, time_limit_min=time_limit_min)]
+    history = gan.fit(images, batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=0).history
+    out.parent.mkdir(parents=True, exist_ok=True)
+    generator.save(out)
+    from lungcad.train.settings import TrainSettings
+
+    settings = settings or TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                         seed=seed, time_limit_min=time_limit_min)
+    card = make_card(name=out.stem, task="gan", model=generator,
+                     architecture={"model": "dcgan-generator", "noise": latent_dim, "output_shape": list(shape),
+                                   "base_filters": base_filters, "discriminator_parameters":
+                                       int(discriminator.count_params())},
+                     preprocessing={"range": [-1.0, 1.0], "window_hu": [-1000.0, 400.0], "view": "axial"},
+                     data={"n_patches": int(len(images)), **(data_info or {})}, settings=settings,
+                     fit_info={"epochs_run": len(history.get("d_loss", [])), "initial_epoch": initial_epoch},
+                     metrics={k: float(v[-1]) for k, v in history.items() if v}, command=None)
+    out.with_suffix("").with_suffix(".card.json").write_text(json.dumps(card, indent=2, default=str))
+    return card
