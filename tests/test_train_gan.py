@@ -140,3 +140,23 @@ def test_lungcad_train_gan_end_to_end(tmp_path):
     assert card["task"] == "gan" and card["data"]["n_patches"] == 3 and card["training"]["epochs_run"] == 2
     generator = keras.saving.load_model(out, safe_mode=True)
     assert generator.output_shape == (None, 16, 16, 1)
+
+
+def test_gan_positives_replace_the_share_of_lesions_in_fpr_batches():
+    from lungcad.fpr import MALIGNANCY, NODULE
+    from lungcad.train.fpr_batches import FPRDataset
+    from test_train import toy_case
+
+    cases = [toy_case(i) for i in range(2)]
+    generated = np.full((5, 16, 16, 3), 0.123, np.float32)
+    for ratio, expected in ((1.0, 4), (0.5, 2), (0.0, 0)):
+        ds = FPRDataset(cases, batch_size=8, steps=2, seed=1, views="orthogonal", patch_size=16,
+                        gan_positives=generated, gan_ratio=ratio)
+        inputs, targets, weights = ds[0]
+        is_generated = np.all(inputs["patch"] == 0.123, axis=(1, 2, 3))
+        assert is_generated.sum() == expected, ratio
+        assert np.all(targets[NODULE][is_generated] == 1) and np.all(weights[MALIGNANCY][is_generated] == 0)
+        assert (targets[NODULE][:, 0] == 1).sum() == 4  # the batch's share of positives is unchanged
+    with pytest.raises(ValueError, match=r"generated positives of shape \(16, 16, 3\).*received \(16, 16, 1\)"):
+        FPRDataset(cases, batch_size=8, steps=2, views="orthogonal", patch_size=16,
+                   gan_positives=generated[..., :1], gan_ratio=0.5)

@@ -125,6 +125,11 @@ def add_parser(sub, parents):
     m.add_argument("--negatives-benign", action="store_true",
                    help="fpr: candidates that are not lesions teach the malignancy head too (target 0), so "
                         "that it reads as the probability of a malignant lesion")
+    m.add_argument("--gan-positives", metavar="NPZ",
+                   help="fpr: a .npz whose 'patches' array holds generated lesion patches of the FPR input's "
+                        "shape, in [0, 1]; --gan-ratio of each training batch's lesions are drawn from it")
+    m.add_argument("--gan-ratio", type=float, default=0.0, metavar="R",
+                   help="fpr: share of each training batch's lesion patches replaced by generated ones")
     m.add_argument("--sample-every", type=int, default=5, metavar="K",
                    help="gan: write a PNG grid of generated patches every K epochs")
     m.add_argument("--patch", type=int, default=64, help="gan: patch size in pixels (64 mm field of view)")
@@ -356,7 +361,8 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
         malignancy_weight=args.malignancy_weight, segmenter=segmenter,
         max_hard_per_case=args.max_hard_per_case, mine_cases=args.mine_cases, mine_classifier=ranker,
         positive_fraction=0.5 if args.positive_fraction is None else args.positive_fraction,
-        negatives_benign=args.negatives_benign,
+        negatives_benign=args.negatives_benign, gan_ratio=args.gan_ratio,
+        gan_positives=_gan_positives(args.gan_positives),
         out=out, run_dir=Path(args.run_dir or "runs/fpr"), resume=args.resume, holdout=holdout,
         data_info=data_info)
     _report(result, "fpr")
@@ -388,3 +394,12 @@ def _run_gan(args, settings, model_kwargs) -> int:
                      **{"base_filters": args.base_filters or 64, **model_kwargs})
     print(f"lungcad train gan: {out} ({card['data']['n_patches']} patches, {card['training']['epochs_run']} epochs)")
     return 0
+
+
+def _gan_positives(path):
+    import numpy as np
+
+    if path is None:
+        return None
+    with np.load(path) as data:
+        return data["patches"].astype("float32")

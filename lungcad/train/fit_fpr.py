@@ -101,7 +101,7 @@ def _with_weak_labels(cases: Sequence[CaseLike], mined: dict[str, pd.DataFrame])
 
 def fpr_datasets(train_cases, val_cases, *, config: PipelineConfig, settings: TrainSettings,
                  hard: dict[str, pd.DataFrame] | None, positive_fraction: float = 0.5,
-                 negatives_benign: bool = False):
+                 negatives_benign: bool = False, gan_positives=None, gan_ratio: float = 0.0):
     """The training and validation :class:`FPRDataset` for a pipeline config."""
     f, lm = config.fpr, config.lungmask
     common = dict(patch_size=f.patch_size, patch_mm=f.patch_mm, fit_fraction=f.fit_fraction,
@@ -111,7 +111,7 @@ def fpr_datasets(train_cases, val_cases, *, config: PipelineConfig, settings: Tr
                   threshold_hu=lm.threshold_hu, max_cases_in_memory=settings.max_cases_in_memory,
                   verbose=settings.verbose == 1)
     train = FPRDataset(train_cases, steps=settings.steps_per_epoch, augment=True, seed=settings.seed,
-                       workers=settings.workers, **common)
+                       workers=settings.workers, gan_positives=gan_positives, gan_ratio=gan_ratio, **common)
     val = (FPRDataset(val_cases, steps=settings.val_steps, augment=False, seed=settings.seed + 1, **common)
            if val_cases else None)
     return train, val
@@ -201,6 +201,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
               malignancy_weight: float = 0.5, segmenter=None, max_hard_per_case: int = 24,
               mine_cases: int | None = None, mine_classifier=None,
               positive_fraction: float = 0.5, negatives_benign: bool = False,
+              gan_positives=None, gan_ratio: float = 0.0,
               out: str | Path | None = None,
               run_dir: str | Path = "runs/fpr", resume: bool = False,
               holdout: Sequence[CaseLike] | None = None, data_info: dict | None = None,
@@ -254,7 +255,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     n_hard = sum(len(h) for h in hard.values())
     train_cases, val_cases = split_by_patient(cases, val_fraction=settings.val_fraction, seed=settings.seed)
     train_ds, val_ds = fpr_datasets(train_cases, val_cases, config=config, settings=settings, hard=hard,
-                                    positive_fraction=positive_fraction, negatives_benign=negatives_benign)
+                                    positive_fraction=positive_fraction, negatives_benign=negatives_benign,
+                                    gan_positives=gan_positives, gan_ratio=gan_ratio)
     f = config.fpr
 
     def build():
@@ -284,7 +286,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
     data.update({"n_patients_train": len({x.patient_id for x in train_cases}),
                  "n_patients_val": len({x.patient_id for x in val_cases}),
                  "val_patients": sorted({x.patient_id for x in val_cases}),
-                 "hard_negatives": n_hard, "mined_scans": len(hard), "n_holdout": len(holdout or [])})
+                 "hard_negatives": n_hard, "mined_scans": len(hard), "n_holdout": len(holdout or []),
+                 "gan_ratio": gan_ratio, "n_gan_positives": 0 if gan_positives is None else len(gan_positives)})
     card = make_card(
         name="fpr", task="false-positive reduction: nodule and malignancy probabilities of a candidate",
         model=net,

@@ -78,9 +78,19 @@ class FPRDataset(_PyDataset):
                  hard_negatives: dict[str, pd.DataFrame] | None = None,
                  max_cases_in_memory: int | None = None, margin_mm: float = 10.0,
                  threshold_hu: float = -320.0, verbose: bool = False, views: str = "cube",
-                 negatives_benign: bool = False, **kwargs):
+                 negatives_benign: bool = False, gan_positives: np.ndarray | None = None,
+                 gan_ratio: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         patch_shape(views, 4)   # raises for an unknown kind of view
+        if gan_positives is not None and tuple(gan_positives.shape[1:]) != patch_shape(views, patch_size):
+            raise ValueError(f"generated positives of shape {patch_shape(views, patch_size)} (the FPR patches) "
+                             f"expected; received {tuple(gan_positives.shape[1:])}")
+        if not 0.0 <= gan_ratio <= 1.0:
+            raise ValueError(f"0 <= gan_ratio <= 1 expected; received gan_ratio={gan_ratio!r}")
+        #: Generated lesion patches (N, *patch shape) in [0, 1]; ``gan_ratio`` of each batch's lesions
+        #: are replaced by draws from them (training only, nodule target 1, no malignancy label).
+        self.gan_positives = None if gan_positives is None else np.asarray(gan_positives, np.float32)
+        self.gan_ratio = float(gan_ratio)
         self.views = views
         self.negatives_benign = bool(negatives_benign)
         if batch_size < 2 or steps < 1 or patch_size < 4:
@@ -210,6 +220,12 @@ class FPRDataset(_PyDataset):
             patches[b] = self._patch(ents[int(s["case"].iloc[b])], centres[b], scales[b], rot[b])
             if self.augment:
                 jitter_intensity(patches[b], rng)
+        if self.gan_positives is not None and self.gan_ratio > 0 and self.augment:
+            lesions = np.flatnonzero(s["kind"].to_numpy() == "lesion")
+            pick = lesions[:int(round(self.gan_ratio * len(lesions)))]
+            patches[pick] = self.gan_positives[rng.integers(len(self.gan_positives), size=len(pick))]
+            s.loc[pick, ["kind", "nodule", "nodule_weight", "malignancy", "malignancy_weight"]] = \
+                ["generated", 1.0, 1.0, 0.0, 0.0]
         inputs = {"patch": patches, "scale": np.log2(scales).astype(np.float32)[:, None]}
         targets = {NODULE: s["nodule"].to_numpy(np.float32)[:, None],
                    MALIGNANCY: s["malignancy"].to_numpy(np.float32)[:, None]}
