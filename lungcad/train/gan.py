@@ -250,11 +250,13 @@ class _GanRun(keras.callbacks.Callback):
 
 def train_gan(images, *, run_dir, out, epochs: int = 20, batch_size: int = 64, sample_every: int = 5,
               time_limit_min=None, resume: bool = False, seed: int = 0, latent_dim: int = 100,
-              base_filters: int = 64, learning_rate: float = 2e-4, data_info=None, settings=None) -> dict:
+              base_filters: int = 64, learning_rate: float = 2e-4, data_info=None, settings=None,
+              preprocessing=None) -> dict:
     """Train a DCGAN on ``images`` (N, P, P, C) in [-1, 1]; write the generator to ``out`` and its card.
 
     ``run_dir`` holds ``generator.keras`` / ``discriminator.keras`` (each epoch), ``log.csv`` and
-    ``samples_epochNNN.png``; ``resume`` goes on from them.  Returns the card.
+    ``samples_epochNNN.png``; ``resume`` goes on from them.  ``preprocessing`` replaces the card's
+    (default: the axial view, lung window).  Returns the card.
     """
     import json
     from pathlib import Path
@@ -295,9 +297,27 @@ def train_gan(images, *, run_dir, out, epochs: int = 20, batch_size: int = 64, s
                      architecture={"model": "dcgan-generator", "noise": latent_dim, "output_shape": list(shape),
                                    "base_filters": base_filters, "discriminator_parameters":
                                        int(discriminator.count_params())},
-                     preprocessing={"range": [-1.0, 1.0], "window_hu": [-1000.0, 400.0], "view": "axial"},
+                     preprocessing=preprocessing or {"range": [-1.0, 1.0], "window_hu": [-1000.0, 400.0],
+                                                     "view": "axial"},
                      data={"n_patches": int(len(images)), **(data_info or {})}, settings=settings,
                      fit_info={"epochs_run": len(history.get("d_loss", [])), "initial_epoch": initial_epoch},
                      metrics={k: float(v[-1]) for k, v in history.items() if v}, command=None)
     out.with_suffix("").with_suffix(".card.json").write_text(json.dumps(card, indent=2, default=str))
     return card
+
+
+def sample_patches(generator, n: int, *, seed: int = 0, batch_size: int = 256):
+    """``n`` patches of an unconditional generator, mapped from its tanh range to [0, 1] (float32 numpy).
+
+    [0, 1] is the range of the FPR network's windowed input: a generator trained on
+    ``2 x - 1`` of FPR patches (``lungcad train gan --views orthogonal``) gives FPR positives.
+    """
+    import numpy as np
+
+    if len(generator.inputs) != 1:
+        raise ValueError("expected an unconditional generator (one noise input); received "
+                         f"{len(generator.inputs)} inputs")
+    latent = int(generator.inputs[0].shape[-1])
+    noise = keras.random.normal((int(n), latent), seed=seed)
+    out = generator.predict(noise, batch_size=batch_size, verbose=0)
+    return np.clip((np.asarray(out, np.float32) + 1.0) / 2.0, 0.0, 1.0)

@@ -6,6 +6,13 @@ in mm per pixel so that the patch's field of view is ``fov_mm`` wide, scaled
 from [0, 1] (the lung window) to [-1, 1], the generator's tanh range.  The
 conditions (:func:`conditions_of`) are the diameter in units of 10 mm and a
 one-hot type (solid, part-solid, ground-glass).
+
+:func:`fpr_lesion_patches` gives instead exactly what the FPR network is fed in
+training: the lesion patches of ``lungcad train fpr``'s own training batches
+(:func:`lungcad.train.fit_fpr.fpr_datasets`, all positives: the pipeline's
+``[fpr]`` patch size, spacing and window, the backbone's views, augmentation
+included), in [0, 1], so that a generator trained on them (after ``2 x - 1``)
+makes patches that ``--gan-positives`` takes.
 """
 from __future__ import annotations
 
@@ -52,3 +59,28 @@ def phantom_patches(seeds, *, patch_size: int = 64, fov_mm: float = 64.0, phanto
         tables.append(lesions.assign(seed=int(seed)))
     return (np.concatenate(patches) if patches else np.zeros((0, patch_size, patch_size, 1), np.float32),
             pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())
+
+
+def fpr_lesion_patches(cases, *, config, n: int, seed: int = 0, batch_size: int = 32) -> np.ndarray:
+    """``n`` lesion patches ``(n, *FPR input shape)`` in [0, 1], as ``lungcad train fpr`` feeds them.
+
+    They are the lesions of the FPR training dataset of ``config`` built on ``cases`` with every
+    sample a lesion (``positive_fraction=1``; augmented: rotation, centre, size and intensity
+    jitter), batch after batch of seed ``seed``.  ValueError when the cases hold no lesion.
+    """
+    from lungcad.train.fit_fpr import fpr_datasets
+    from lungcad.train.settings import TrainSettings
+
+    n, batch_size = int(n), max(int(batch_size), 2)
+    if n < 1:
+        raise ValueError(f"expected a number of patches >= 1; received {n}")
+    steps = -(-n // batch_size)
+    settings = TrainSettings(batch_size=batch_size, steps_per_epoch=steps, seed=seed, verbose=0)
+    data, _ = fpr_datasets(cases, [], config=config, settings=settings, hard=None, positive_fraction=1.0)
+    out = []
+    for index in range(steps):
+        lesion = data.samples(index)["kind"].to_numpy() == "lesion"
+        if not lesion.any():
+            raise ValueError("the cases hold no lesion to cut patches around")
+        out.append(data[index][0]["patch"][lesion])
+    return np.concatenate(out)[:n].astype(np.float32)
