@@ -130,9 +130,24 @@ def add_parser(sub, parents):
                         "shape, in [0, 1]; --gan-ratio of each training batch's lesions are drawn from it")
     m.add_argument("--gan-ratio", type=float, default=0.0, metavar="R",
                    help="fpr: share of each training batch's lesion patches replaced by generated ones")
-    m.add_argument("--sample-every", type=int, default=5, metavar="K",
+    g = p.add_argument_group("gan (lungcad.cli.train_gan)")
+    g.add_argument("--views", choices=["axial", "orthogonal"], default="axial",
+                   help="gan: train on axial lesion patches of --synthetic phantoms (1 channel, --patch mm field "
+                        "of view), or on exactly the FPR network's input: the lesion patches of `train fpr`'s own "
+                        "training batches (the pipeline's [fpr] patch size and views, e.g. 32x32x3), from any "
+                        "data source, whose samples --gan-positives takes")
+    g.add_argument("--patch", type=int, help="gan --views axial: patch size in pixels and mm (default 64)")
+    g.add_argument("--real-patches", type=int, default=4096, metavar="N",
+                   help="gan --views orthogonal: augmented lesion patches drawn to train on")
+    g.add_argument("--sample-every", type=int, default=5, metavar="K",
                    help="gan: write a PNG grid of generated patches every K epochs")
-    m.add_argument("--patch", type=int, default=64, help="gan: patch size in pixels (64 mm field of view)")
+    g.add_argument("--sample", type=int, metavar="N",
+                   help="gan: instead of training, write N patches of --generator to --out FILE.npz (key "
+                        "'patches', the FPR input's shape, in [0, 1]: what --gan-positives reads; seed --seed)")
+    g.add_argument("--generator", metavar="FILE", help="gan --sample: the generator .keras file")
+    g.add_argument("--dump-real", type=int, metavar="N",
+                   help="gan: instead of training, write N real lesion patches of the data sources, as "
+                        "--views orthogonal trains on them, to --out FILE.npz (for `lungcad evaluate kid`)")
     p.set_defaults(func=run)
     return p
 
@@ -246,7 +261,9 @@ def run(args) -> int:
         seed=args.seed, workers=args.workers, max_cases_in_memory=args.max_cases_in_memory, verbose=verbose,
         init_weights=args.init_weights, time_limit_min=args.time_limit)
     if args.task == "gan":
-        return _run_gan(args, settings, model_kwargs)
+        from lungcad.cli.train_gan import run_gan
+
+        return run_gan(args, config, settings, model_kwargs, gather_cases)
     try:
         settings.check()
         cases, data_info = gather_cases(args)
@@ -355,6 +372,12 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
                   f"{config.fpr.patch_size}-pixel patches", file=sys.stderr)
             return 2
         data_info["hard_negatives_ranked_by"] = {"path": str(rank_path), "sha256": sha256(rank_path)}
+    gan_positives = None
+    if args.gan_positives:
+        from lungcad.cli.train_gan import fpr_input_shape, load_patches
+
+        gan_positives = load_patches(args.gan_positives, fpr_input_shape(config, backbone), flag="--gan-positives")
+        data_info["gan_positives"] = {"path": str(args.gan_positives), "n": int(len(gan_positives))}
     out = Path(args.out) if args.out else _default_out(config, config.fpr.weights)
     result = train_fpr(
         cases, config=config, settings=settings, backbone=args.model, backbone_kwargs=kw,
@@ -362,7 +385,7 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
         max_hard_per_case=args.max_hard_per_case, mine_cases=args.mine_cases, mine_classifier=ranker,
         positive_fraction=0.5 if args.positive_fraction is None else args.positive_fraction,
         negatives_benign=args.negatives_benign, gan_ratio=args.gan_ratio,
-        gan_positives=_gan_positives(args.gan_positives),
+        gan_positives=gan_positives,
         out=out, run_dir=Path(args.run_dir or "runs/fpr"), resume=args.resume, holdout=holdout,
         data_info=data_info)
     _report(result, "fpr")
@@ -370,36 +393,3 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
         print(f"lungcad train fpr: these weights hold a {backbone!r} backbone: a pipeline that uses them "
               f"needs [fpr] backbone = \"{backbone}\" and [fpr] weights = \"{out}\"")
     return 0
-
-
-def _run_gan(args, settings, model_kwargs) -> int:
-    """A DCGAN on the axial lesion patches of ``--synthetic N`` phantoms (lungcad.train.gan.train_gan)."""
-    from lungcad.train.gan import train_gan
-    from lungcad.train.gan_data import phantom_patches
-
-    if not args.synthetic or args.backgrounds:
-        print("lungcad train: error: gan trains on --synthetic N phantoms (--backgrounds is not supported yet)",
-              file=sys.stderr)
-        return 2
-    seeds = range(args.synthetic_seed, args.synthetic_seed + args.synthetic)
-    patches, lesions = phantom_patches(seeds, patch_size=args.patch, fov_mm=float(args.patch),
-                                       phantom_kwargs=_json_arg(args.phantom_kwargs, "--phantom-kwargs"))
-    run_dir = Path(args.run_dir or "runs/gan")
-    out = Path(args.out or run_dir / "gan_generator.keras")
-    card = train_gan(patches, run_dir=run_dir, out=out, epochs=args.epochs, batch_size=settings.batch_size,
-                     sample_every=args.sample_every, time_limit_min=args.time_limit, resume=args.resume,
-                     seed=args.seed, learning_rate=args.learning_rate if args.learning_rate != 1e-3 else 2e-4,
-                     settings=settings, data_info={"source": "synthetic", "seeds": [seeds[0], seeds[-1]],
-                                                   "n_lesions": int(len(lesions))},
-                     **{"base_filters": args.base_filters or 64, **model_kwargs})
-    print(f"lungcad train gan: {out} ({card['data']['n_patches']} patches, {card['training']['epochs_run']} epochs)")
-    return 0
-
-
-def _gan_positives(path):
-    import numpy as np
-
-    if path is None:
-        return None
-    with np.load(path) as data:
-        return data["patches"].astype("float32")
