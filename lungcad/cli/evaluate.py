@@ -5,6 +5,7 @@
                           [--bootstrap N] [--seed K]
     lungcad evaluate patients --labels L --predictions P [--plot calib.png] [--json out.json]
     lungcad evaluate family validation|shifted --out DIR [--pipeline FILE] [--patients N]
+    lungcad evaluate kid REAL.npz FAKE.npz [--backbone FPR.keras] [--subsets K] [--subset-size M]
 """
 from __future__ import annotations
 
@@ -74,7 +75,67 @@ def add_parser(sub, parents):
     g.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.set_defaults(func=run_family)
+
+    k = kinds.add_parser(
+        "kid", parents=parents, help="kernel inception distance of two patch sets on the FPR backbone",
+        description="KID (Binkowski et al. 2018: unbiased MMD^2, cubic kernel) between the 'patches' of two "
+                    ".npz files (lungcad train gan --dump-real / --sample), on the pooled features of the FPR "
+                    "network's backbone; the mean and standard deviation over random subsets.")
+    k.add_argument("real", metavar="REAL.npz", help="real patches (key 'patches', the FPR input, in [0, 1])")
+    k.add_argument("fake", metavar="FAKE.npz", help="generated patches, of the same shape")
+    k.add_argument("--backbone", metavar="FILE",
+                   help="an FPR .keras file whose backbone gives the features (default: the pipeline's [fpr] "
+                        "weights), or any one-input feature model")
+    k.add_argument("--pipeline", metavar="FILE", help="pipeline TOML (default: the shipped pipeline)")
+    k.add_argument("--subsets", type=int, default=100, metavar="K", help="random subsets (default 100)")
+    k.add_argument("--subset-size", type=int, default=1000, metavar="M",
+                   help="patches per subset, capped by the smaller set (default 1000)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the subsets (default 0)")
+    k.add_argument("--json", help="write the results to this JSON file")
+    k.set_defaults(func=run_kid)
     return p
+
+
+def run_kid(args: argparse.Namespace) -> int:
+    from lungcad.cli import load_backend
+    from lungcad.cli.train_gan import load_patches
+
+    if args.subsets < 1 or args.subset_size < 2:
+        return _usage(args, f"--subsets >= 1 and --subset-size >= 2 expected. Received {args.subsets}, "
+                            f"{args.subset_size}")
+    real = load_patches(args.real, flag="REAL")
+    fake = load_patches(args.fake, real.shape[1:], flag="FAKE (against REAL's shape)")
+    if min(len(real), len(fake)) < 2:
+        return _usage(args, f"at least 2 patches in each file expected; received {len(real)} and {len(fake)}")
+    if not load_backend("evaluate", debug=args.debug):
+        return 1
+    from lungcad.config import load_config
+    from lungcad.errors import InputError
+    from lungcad.metrics.kid import feature_backbone, kernel_inception_distance
+    from lungcad.metrics import write_json
+    from lungcad.pipeline import load_keras_model
+
+    if args.backbone:
+        path = args.backbone
+    else:
+        config = load_config(args.pipeline)
+        path = config.resolve_weights(config.fpr.weights)
+    try:
+        backbone = feature_backbone(load_keras_model(path))
+    except ValueError as e:
+        raise InputError(path, str(e)) from e
+    if tuple(backbone.input_shape[1:]) != tuple(real.shape[1:]):
+        raise InputError(path, f"the backbone takes patches of shape {tuple(backbone.input_shape[1:])}; "
+                               f"the files hold {tuple(real.shape[1:])}")
+    r = kernel_inception_distance(real, fake, backbone, subsets=args.subsets, subset_size=args.subset_size,
+                                  seed=args.seed)
+    print(f"KID {r['kid']:.6f} +- {r['kid_std']:.6f} (std over {r['subsets']} subsets of {r['subset_size']}); "
+          f"{r['n_real']} real, {r['n_fake']} generated patches of shape {tuple(real.shape[1:])}; "
+          f"features: {backbone.name} of {path}")
+    if args.json:
+        write_json({**r, "inputs": {"real": args.real, "fake": args.fake, "backbone": str(path)}}, args.json)
+        print(f"results: {args.json}")
+    return 0
 
 
 def run_family(args: argparse.Namespace) -> int:

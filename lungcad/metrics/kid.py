@@ -65,3 +65,17 @@ def kernel_inception_distance(real_images, fake_images, backbone, *, subsets: in
     kid, std = kid_from_features(real, fake, subsets=subsets, subset_size=subset_size, seed=seed)
     return {"kid": kid, "kid_std": std, "n_real": len(real), "n_fake": len(fake),
             "subset_size": min(subset_size, len(real), len(fake)), "subsets": int(subsets)}
+
+
+def feature_backbone(model):
+    """The feature extractor of a Keras model: an FPR network's nested backbone (pooled features,
+    :func:`lungcad.fpr.build_fpr_model`), or any model with one input as it is."""
+    from lungcad.fpr import BACKBONE_PREFIX, model_backbone
+
+    name = model_backbone(model)
+    if name is not None:
+        return model.get_layer(f"{BACKBONE_PREFIX}{name}")
+    if len(model.inputs) != 1:
+        raise ValueError(f"expected an FPR network or a one-input feature model; {model.name!r} has "
+                         f"{len(model.inputs)} inputs")
+    return model
