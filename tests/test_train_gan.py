@@ -160,3 +160,120 @@ def test_gan_positives_replace_the_share_of_lesions_in_fpr_batches():
     with pytest.raises(ValueError, match=r"generated positives of shape \(16, 16, 3\).*received \(16, 16, 1\)"):
         FPRDataset(cases, batch_size=8, steps=2, views="orthogonal", patch_size=16,
                    gan_positives=generated[..., :1], gan_ratio=0.5)
+
+
+# ---- orthogonal mode, the sampler, --gan-positives and lungcad evaluate kid ------------------------------
+
+PHANTOM = ('{"shape": [null, 128, 128], "spacing": [8.0, 2.5, 2.5], "n_nodules": 3, "n_masses": 0, '
+           '"n_micronodules": 0}')
+FPR_SHAPE = (32, 32, 3)  # the shipped pipeline's FPR input: [fpr] patch_size 32, wrn2d on orthogonal views
+
+
+def _one_line_error(capsys, rc, expected_rc, *words):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert rc == expected_rc, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture(scope="module")
+def orthogonal_run(tmp_path_factory):
+    """A tiny orthogonal-mode GAN, 16 generated patches and 12 real ones as .npz files."""
+    from lungcad.cli import main
+
+    root = tmp_path_factory.mktemp("gan_orthogonal")
+    generator = root / "g.keras"
+    assert main(["train", "gan", "--views", "orthogonal", "--synthetic", "1", "--synthetic-seed", "3",
+                 "--phantom-kwargs", PHANTOM, "--real-patches", "8", "--epochs", "1", "--batch-size", "4",
+                 "--base-filters", "4", "--sample-every", "1", "--run-dir", str(root / "run"),
+                 "--out", str(generator), "--no-progress"]) == 0
+    fake, real = root / "fake.npz", root / "real.npz"
+    assert main(["train", "gan", "--sample", "16", "--generator", str(generator), "--out", str(fake)]) == 0
+    assert main(["train", "gan", "--dump-real", "12", "--synthetic", "1", "--synthetic-seed", "4",
+                 "--phantom-kwargs", PHANTOM, "--out", str(real)]) == 0
+    return root
+
+
+def test_orthogonal_gan_trains_on_the_fpr_input_and_samples_fpr_positives(orthogonal_run):
+    import json
+
+    import keras
+
+    generator = keras.saving.load_model(orthogonal_run / "g.keras", safe_mode=True)
+    assert generator.output_shape == (None, *FPR_SHAPE)
+    card = json.loads((orthogonal_run / "g.card.json").read_text())
+    assert card["data"]["n_patches"] == 8 and card["data"]["views"] == "orthogonal"
+    assert card["preprocessing"]["fpr_input"] == list(FPR_SHAPE)
+    assert (orthogonal_run / "run" / "samples_epoch001.png").is_file()
+    with np.load(orthogonal_run / "fake.npz") as data:
+        fake = data["patches"]
+    assert fake.shape == (16, *FPR_SHAPE) and fake.dtype == np.float32
+    assert fake.min() >= 0.0 and fake.max() <= 1.0
+    with np.load(orthogonal_run / "real.npz") as data:
+        real = data["patches"]
+    assert real.shape == (12, *FPR_SHAPE) and real.min() >= 0.0 and real.max() <= 1.0
+    # lesions (soft tissue) are brighter at the centre of each view than the lung at the border, on average
+    centre = real[:, 13:19, 13:19].mean(axis=(0, 1, 2))
+    border = np.concatenate([real[:, :3], real[:, -3:]], axis=1).mean(axis=(0, 1, 2))
+    assert np.all(centre > border + 0.1), (centre, border)
+
+
+def test_the_sampler_checks_the_generator_against_the_fpr_input(tmp_path, capsys):
+    from lungcad.cli import main
+
+    generator = build_model("dcgan-generator", input_shape=(8,), output_shape=(16, 16, 1), base_filters=4)
+    generator.save(tmp_path / "axial.keras")
+    rc = main(["train", "gan", "--sample", "4", "--generator", str(tmp_path / "axial.keras"),
+               "--out", str(tmp_path / "x.npz")])
+    _one_line_error(capsys, rc, 2, "(16, 16, 1)", "(32, 32, 3)", "--views orthogonal")
+    assert not (tmp_path / "x.npz").exists()
+    rc = main(["train", "gan", "--sample", "4", "--out", str(tmp_path / "x.npz")])
+    _one_line_error(capsys, rc, 2, "--generator")
+
+
+def test_sampled_npz_is_taken_by_train_fpr_gan_positives(orthogonal_run, tmp_path, capsys):
+    import json
+
+    from lungcad.cli import main
+
+    tiny = ["--synthetic", "2", "--synthetic-seed", "5", "--phantom-kwargs", PHANTOM, "--val-fraction", "0.5",
+            "--steps-per-epoch", "2", "--val-steps", "1", "--batch-size", "4", "--no-progress", "--epochs", "1",
+            "--depth", "10", "--width", "1"]
+    rc = main(["train", "fpr", *tiny, "--gan-positives", str(orthogonal_run / "fake.npz"), "--gan-ratio", "0.5",
+               "--out", str(tmp_path / "fpr.keras"), "--run-dir", str(tmp_path / "run")])
+    assert rc == 0
+    card = json.loads((tmp_path / "fpr.card.json").read_text())
+    assert card["data"]["gan_positives"]["n"] == 16
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, patches=np.zeros((4, 16, 16, 1), np.float32))
+    rc = main(["train", "fpr", *tiny, "--gan-positives", str(bad), "--gan-ratio", "0.5",
+               "--out", str(tmp_path / "x.keras"), "--run-dir", str(tmp_path / "run2")])
+    _one_line_error(capsys, rc, 1, "(32, 32, 3)", "(16, 16, 1)")
+
+
+def test_lungcad_evaluate_kid(orthogonal_run, tmp_path, capsys):
+    import re
+
+    from lungcad.cli import main
+    from lungcad.fpr import build_fpr_model
+
+    keras.utils.set_random_seed(0)
+    build_fpr_model(backbone="wrn2d", patch_size=32, backbone_kwargs={"depth": 10, "width": 1}).save(
+        tmp_path / "fpr.keras")
+    real, fake = str(orthogonal_run / "real.npz"), str(orthogonal_run / "fake.npz")
+    capsys.readouterr()
+    rc = main(["evaluate", "kid", real, fake, "--backbone", str(tmp_path / "fpr.keras"), "--subsets", "5",
+               "--subset-size", "8", "--json", str(tmp_path / "kid.json")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    match = re.search(r"KID (-?[0-9.]+) \+- ([0-9.]+) \(std over 5 subsets of 8\); 12 real, 16 generated", out)
+    assert match, out
+    assert np.isfinite(float(match.group(1)))
+    rc = main(["evaluate", "kid", real, str(tmp_path / "missing.npz"), "--backbone", str(tmp_path / "fpr.keras")])
+    _one_line_error(capsys, rc, 1, "missing.npz", "not found")
+    other = tmp_path / "other.npz"
+    np.savez(other, patches=np.zeros((4, 16, 16, 3), np.float32))
+    rc = main(["evaluate", "kid", real, str(other), "--backbone", str(tmp_path / "fpr.keras")])
+    _one_line_error(capsys, rc, 1, "(32, 32, 3)", "(16, 16, 3)")
