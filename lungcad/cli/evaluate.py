@@ -104,7 +104,7 @@ def run_kid(args: argparse.Namespace) -> int:
         return _usage(args, f"--subsets >= 1 and --subset-size >= 2 expected. Received {args.subsets}, "
                             f"{args.subset_size}")
     real = load_patches(args.real, flag="REAL")
-    fake = load_patches(args.fake, real.shape[1:], flag="FAKE (against REAL's shape)")
+    fake = load_patches(args.fake, real.shape[1:], flag="FAKE", against=f"those of {args.real}")
     if min(len(real), len(fake)) < 2:
         return _usage(args, f"at least 2 patches in each file expected; received {len(real)} and {len(fake)}")
     if not load_backend("evaluate", debug=args.debug):

@@ -24,11 +24,13 @@ TASKS = ("segmenter", "fpr", "gan")
 
 def add_parser(sub, parents):
     p = sub.add_parser(
-        "train", parents=parents, help="train the candidate U-Net or the FPR network",
+        "train", parents=parents, help="train the candidate U-Net, the FPR network or a lesion-patch GAN",
         description="Train the candidate U-Net (segmenter) or the false-positive-reduction network "
                     "(fpr) on synthetic phantoms, LUNA16, LIDC-IDRI and/or DSB2017 data, with a "
                     "validation split by patient, checkpoints, early stopping and a CSV log; write "
-                    "the .keras file and its model card (<name>.card.json).",
+                    "the .keras file and its model card (<name>.card.json). `train gan` trains a DCGAN "
+                    "on lesion patches (see the gan options), or writes its samples or real patches "
+                    "to an .npz (--sample, --dump-real).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("task", choices=TASKS, help="which network to train")
     d = p.add_argument_group("data (at least one source)")
@@ -136,7 +138,9 @@ def add_parser(sub, parents):
                         "of view), or on exactly the FPR network's input: the lesion patches of `train fpr`'s own "
                         "training batches (the pipeline's [fpr] patch size and views, e.g. 32x32x3), from any "
                         "data source, whose samples --gan-positives takes")
-    g.add_argument("--patch", type=int, help="gan --views axial: patch size in pixels and mm (default 64)")
+    g.add_argument("--patch", type=int,
+                   help="gan --views axial: patch size in pixels and mm of field of view, 64 when not given "
+                        "(--views orthogonal takes the pipeline's [fpr] patch_size)")
     g.add_argument("--real-patches", type=int, default=4096, metavar="N",
                    help="gan --views orthogonal: augmented lesion patches drawn to train on")
     g.add_argument("--sample-every", type=int, default=5, metavar="K",

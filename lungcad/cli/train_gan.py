@@ -35,7 +35,8 @@ def fpr_input_shape(config, backbone: str | None = None) -> tuple[int, ...]:
     return patch_shape(views_for(backbone or config.fpr.backbone), config.fpr.patch_size)
 
 
-def load_patches(path, shape: tuple[int, ...] | None = None, *, flag: str = "patches") -> np.ndarray:
+def load_patches(path, shape: tuple[int, ...] | None = None, *, flag: str = "patches",
+                 against: str = "the FPR network's input") -> np.ndarray:
     """The ``patches`` array of a ``.npz`` file, checked: present, in [0, 1], and of ``shape`` per patch.
 
     InputError (one line on the command line) otherwise.
@@ -52,9 +53,9 @@ def load_patches(path, shape: tuple[int, ...] | None = None, *, flag: str = "pat
     except (OSError, ValueError) as e:
         raise InputError(p, f"{flag}: not a readable .npz file ({e})") from e
     if shape is not None and tuple(patches.shape[1:]) != tuple(shape):
-        raise InputError(p, f"{flag}: patches of shape {tuple(shape)} expected (the FPR network's input); "
-                            f"received {tuple(patches.shape[1:])} (a generator trained with --views orthogonal "
-                            f"makes them)")
+        raise InputError(p, f"{flag}: patches of shape {tuple(shape)} expected ({against}); received "
+                            f"{tuple(patches.shape[1:])} (a generator trained with --views orthogonal makes "
+                            f"the FPR input)")
     if len(patches) == 0:
         raise InputError(p, f"{flag}: no patches in the file")
     if patches.min() < 0.0 or patches.max() > 1.0:
