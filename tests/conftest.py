@@ -61,8 +61,9 @@ def petct_dir(real_data) -> Path:
 
 
 #: Test modules that CI runs a second time under KERAS_BACKEND=jax (`pytest -m backends`):
-#: the zoo and the pipeline.
-BACKEND_MODULES = ("test_models_", "test_pipeline", "test_candidates", "test_fpr", "test_inference")
+#: the zoo, the GAN's training loop (its train step is backend-specific) and the pipeline.
+BACKEND_MODULES = ("test_models_", "test_train_gan", "test_pipeline", "test_candidates", "test_fpr",
+                   "test_inference")
 
 
 #: Under xdist, CI hands each test module to one worker (``--dist loadfile``: its module fixtures
