@@ -349,6 +349,48 @@ def test_mining_ranks_hard_negatives_by_an_fpr_network(toys):
                            hard[["coordX", "coordY", "coordZ"]].to_numpy(float))
 
 
+def test_mining_cache_reuses_candidates_of_the_same_networks_and_scan(tmp_path):
+    """--mining-cache: a second run with the same key and scan reads the candidates back without
+    running the segmenter; another key, or a scan with other voxels, runs it again."""
+    from lungcad.train.fit_fpr import mine_hard_negatives, mining_cache_key
+
+    case = toy_case(8)
+    calls = []
+
+    def segmenter(x):
+        calls.append(len(x))
+        return (x[..., 1:2] > 0.5).astype(np.float32) * 0.9
+
+    config = PipelineConfig().with_overrides({"fpr.backbone": "wrn2d"})
+    seg_file = tmp_path / "seg.bin"
+    seg_file.write_bytes(b"weights one")
+    key = mining_cache_key(config, seg_file)
+    cache = tmp_path / "cache"
+    mined1, hard1 = mine_hard_negatives([case], segmenter, config=config, max_per_case=3,
+                                        cache_dir=cache, cache_key=key)
+    n_first = len(calls)
+    assert n_first > 0 and len(list(cache.glob("candidates-*.json"))) == 1
+    assert len(mined1["toy8"]) > 0
+
+    mined2, hard2 = mine_hard_negatives([case], segmenter, config=config, max_per_case=3,
+                                        cache_dir=cache, cache_key=key)
+    assert len(calls) == n_first                      # read back, the segmenter did not run
+    pd.testing.assert_frame_equal(mined2["toy8"], mined1["toy8"], check_dtype=False)
+    pd.testing.assert_frame_equal(hard2["toy8"].reset_index(drop=True),
+                                  hard1["toy8"].reset_index(drop=True), check_dtype=False)
+
+    seg_file.write_bytes(b"weights two")              # other networks: another key
+    other = mining_cache_key(config, seg_file)
+    assert other != key
+    assert mining_cache_key(config.with_overrides({"morphology.threshold": 0.3}), seg_file) != other
+    mine_hard_negatives([case], segmenter, config=config, max_per_case=3, cache_dir=cache, cache_key=other)
+    assert len(calls) > n_first
+    n_second = len(calls)
+    case.volume.hu[0, 0, 0] += 1                      # another scan under the same patient id
+    mine_hard_negatives([case], segmenter, config=config, max_per_case=3, cache_dir=cache, cache_key=key)
+    assert len(calls) > n_second and len(list(cache.glob("candidates-*.json"))) == 3
+
+
 # --------------------------------------------------------------------------- data sources
 
 def test_luna16_cases(tmp_path, toys):
@@ -568,8 +610,9 @@ def test_cli_train_fpr_on_a_2d_backbone(tmp_path, segmenter_run):
     rc = main(["train", "fpr", *TINY_DATA, "--epochs", "1", "--depth", "10", "--width", "1",
                "--init-weights", str(first), "--segmenter", str(seg), "--mine-fpr", str(first),
                "--max-hard-per-case", "4", "--out", str(tmp_path / "round2.keras"),
-               "--run-dir", str(tmp_path / "run2")])
+               "--run-dir", str(tmp_path / "run2"), "--mining-cache", str(tmp_path / "mined")])
     assert rc == 0
+    assert len(list((tmp_path / "mined").glob("candidates-*.json"))) == 2     # one per mined scan
     card2 = json.loads((tmp_path / "round2.card.json").read_text())
     assert card2["training"]["init_weights"]["path"] == str(first)
     assert card2["data"]["hard_negatives_ranked_by"]["path"] == str(first)
@@ -579,6 +622,8 @@ def test_cli_train_fpr_on_a_2d_backbone(tmp_path, segmenter_run):
                  "--out", str(tmp_path / "x.keras")]) == 2
     assert main(["train", "fpr", *TINY_DATA, "--epochs", "1", "--segmenter", str(seg), "--mine-fpr", str(seg),
                  "--out", str(tmp_path / "x.keras")]) == 2
+    assert main(["train", "fpr", *TINY_DATA, "--epochs", "1", "--mining-cache", str(tmp_path / "m"),
+                 "--out", str(tmp_path / "x.keras")]) == 2                # keeps a segmenter's candidates
 
 
 def test_cli_train_rejects_bad_options(tmp_path):

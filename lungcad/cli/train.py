@@ -123,6 +123,9 @@ def add_parser(sub, parents):
                         "(bootstrapping: teach the mistakes of an earlier network); default: by U-Net score")
     m.add_argument("--mine-cases", type=int, metavar="N",
                    help="fpr: mine hard negatives on N scans drawn with the seed (default: all)")
+    m.add_argument("--mining-cache", metavar="DIR",
+                   help="fpr: keep each scan's mined candidates in DIR (keyed by the networks' sha256, the "
+                        "pipeline settings and the scan's voxels) and reuse them in later runs")
     m.add_argument("--malignancy-weight", type=float, default=0.5, help="fpr: weight of the malignancy loss")
     m.add_argument("--negatives-benign", action="store_true",
                    help="fpr: candidates that are not lesions teach the malignancy head too (target 0), so "
@@ -382,6 +385,17 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
 
         gan_positives = load_patches(args.gan_positives, fpr_input_shape(config, backbone), flag="--gan-positives")
         data_info["gan_positives"] = {"path": str(args.gan_positives), "n": int(len(gan_positives))}
+    mining_key = ""
+    if args.mining_cache:
+        if segmenter is None:
+            print("lungcad train: error: --mining-cache keeps the candidates of --segmenter: give both",
+                  file=sys.stderr)
+            return 2
+        from lungcad.train.fit_fpr import mining_cache_key
+
+        files = [seg_path] + ([rank_path] if ranker is not None else [])
+        mining_key = mining_cache_key(config, *files)
+        data_info["mining_cache"] = str(args.mining_cache)
     out = Path(args.out) if args.out else _default_out(config, config.fpr.weights)
     result = train_fpr(
         cases, config=config, settings=settings, backbone=args.model, backbone_kwargs=kw,
@@ -389,7 +403,7 @@ def _run_fpr(args, config, settings, cases, data_info, holdout, model_kwargs) ->
         max_hard_per_case=args.max_hard_per_case, mine_cases=args.mine_cases, mine_classifier=ranker,
         positive_fraction=0.5 if args.positive_fraction is None else args.positive_fraction,
         negatives_benign=args.negatives_benign, gan_ratio=args.gan_ratio,
-        gan_positives=gan_positives,
+        gan_positives=gan_positives, mining_cache=args.mining_cache, mining_key=mining_key,
         out=out, run_dir=Path(args.run_dir or "runs/fpr"), resume=args.resume, holdout=holdout,
         data_info=data_info)
     _report(result, "fpr")

@@ -39,7 +39,8 @@ DEFAULT_WRN = {"depth": 10, "width": 1, "dropout": 0.0}
 
 
 def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: PipelineConfig,
-                        max_per_case: int = 24, classifier=None, verbose: bool = False
+                        max_per_case: int = 24, classifier=None, verbose: bool = False,
+                        cache_dir: str | Path | None = None, cache_key: str = ""
                         ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """Candidates of the segmenter on each case and, among them, the hard negatives
     (:func:`hard_negatives`), both by patient id.  One case is in memory at a time.
@@ -47,6 +48,11 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
     With a ``classifier`` (an FPR network) the candidates are scored by it, as the pipeline
     does, and the hard negatives are the non-lesions it finds most nodule-like: the mistakes
     of that network (bootstrapping).  Otherwise they are ranked by the U-Net's score.
+
+    With a ``cache_dir`` each case's candidates are kept there as JSON (table schema: the dtypes too), under a name made of
+    ``cache_key`` (what identifies the networks and settings: see :func:`mining_cache_key`)
+    and the case's voxels and geometry, and read back by a later run instead of running the
+    networks again.
     """
     mined, hard = {}, {}
     it = cases
@@ -56,13 +62,47 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
         it = tqdm(cases, desc="mining candidates", unit="case", leave=False)
     for ref in it:
         case = ref.load()
-        cands = detect_candidates(case.volume, segmenter, config)
-        if classifier is not None:
-            cands = fpr_stage(case.volume, cands, classifier, config)
+        cached = None if cache_dir is None else _mining_cache_file(cache_dir, cache_key, case)
+        if cached is not None and cached.is_file():
+            cands = pd.read_json(cached, orient="table")
+        else:
+            cands = detect_candidates(case.volume, segmenter, config)
+            if classifier is not None:
+                cands = fpr_stage(case.volume, cands, classifier, config)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp")
+                cands.reset_index(drop=True).to_json(tmp, orient="table", index=False, double_precision=15)
+                tmp.replace(cached)
         mined[case.patient_id] = cands
         hard[case.patient_id] = hard_negatives(case, cands, max_per_case=max_per_case)
         del case
     return mined, hard
+
+
+def mining_cache_key(config: PipelineConfig, *weight_files: str | Path) -> str:
+    """What the mined candidates depend on: the sha256 of each network file and the whole
+    pipeline's settings."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from lungcad.train.model_card import sha256
+
+    parts = [sha256(Path(f)) for f in weight_files]
+    parts.append(json.dumps(asdict(config), sort_keys=True, default=str))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _mining_cache_file(cache_dir: str | Path, key: str, case: Case) -> Path:
+    import hashlib
+
+    v = case.volume
+    h = hashlib.sha256(key.encode())
+    h.update(np.ascontiguousarray(v.hu).tobytes())
+    h.update(repr((v.hu.shape, str(v.hu.dtype), v.spacing, v.origin,
+                   np.asarray(v.direction, float).round(6).tolist())).encode())
+    return Path(cache_dir) / f"candidates-{h.hexdigest()[:32]}.json"
 
 
 def hard_negatives(case: Case, candidates: pd.DataFrame, *, max_per_case: int = 24) -> pd.DataFrame:
@@ -202,6 +242,7 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
               mine_cases: int | None = None, mine_classifier=None,
               positive_fraction: float = 0.5, negatives_benign: bool = False,
               gan_positives=None, gan_ratio: float = 0.0,
+              mining_cache: str | Path | None = None, mining_key: str = "",
               out: str | Path | None = None,
               run_dir: str | Path = "runs/fpr", resume: bool = False,
               holdout: Sequence[CaseLike] | None = None, data_info: dict | None = None,
@@ -225,6 +266,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
         the U-Net over whole scans is the slow part of mining on a CPU
     mine_classifier : an earlier FPR network that ranks the mined candidates, so that the
         hard negatives are its highest-scored false positives (see :func:`mine_hard_negatives`)
+    mining_cache, mining_key : keep the mined candidates in this folder and reuse them when the
+        key (:func:`mining_cache_key` of the networks' files) and the scan are the same
     out : the ``.keras`` file to write (and ``<name>.card.json`` beside it); None writes none
     run_dir, resume, holdout, data_info, command : as for
         :func:`lungcad.train.fit_segmenter.train_segmenter`; with a segmenter the held-out
@@ -250,7 +293,8 @@ def train_fpr(cases: Sequence[CaseLike], *, config: PipelineConfig | None = None
             pick = np.random.default_rng([settings.seed, 17]).choice(len(to_mine), int(mine_cases), replace=False)
             to_mine = [to_mine[i] for i in sorted(pick)]
         mined, hard = mine_hard_negatives(to_mine, segmenter, config=config, max_per_case=max_hard_per_case,
-                                          classifier=mine_classifier, verbose=settings.verbose == 1)
+                                          classifier=mine_classifier, verbose=settings.verbose == 1,
+                                          cache_dir=mining_cache, cache_key=mining_key)
         cases = _with_weak_labels(cases, mined)
     n_hard = sum(len(h) for h in hard.values())
     train_cases, val_cases = split_by_patient(cases, val_fraction=settings.val_fraction, seed=settings.seed)
