@@ -138,8 +138,16 @@ def test_lungcad_train_gan_end_to_end(tmp_path):
     assert len((run_dir / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
     card = json.loads((tmp_path / "g.card.json").read_text())
     assert card["task"] == "gan" and card["data"]["n_patches"] == 3 and card["training"]["epochs_run"] == 2
+    assert card["training"]["learning_rate"] == 2e-4              # the DCGAN's default, not train's 1e-3
     generator = keras.saving.load_model(out, safe_mode=True)
     assert generator.output_shape == (None, 16, 16, 1)
+    # a learning rate that is given is the one used, 1e-3 too
+    rc = main(["train", "gan", "--synthetic", "1", "--synthetic-seed", "3", "--patch", "16", "--epochs", "1",
+               "--batch-size", "4", "--base-filters", "4", "--learning-rate", "1e-3", "--run-dir",
+               str(tmp_path / "run2"), "--out", str(tmp_path / "g2.keras"), "--no-progress",
+               "--phantom-kwargs", '{"shape": [null, 96, 96], "n_nodules": 3, "n_masses": 0, "n_micronodules": 0}'])
+    assert rc == 0
+    assert json.loads((tmp_path / "g2.card.json").read_text())["training"]["learning_rate"] == 1e-3
 
 
 def test_gan_positives_replace_the_share_of_lesions_in_fpr_batches():

@@ -81,7 +81,7 @@ def add_parser(sub, parents):
     t.add_argument("--val-steps", type=int, default=10, help="validation batches per epoch")
     t.add_argument("--batch-size", type=int, help="tiles (segmenter, default 16) or patches (fpr, default 32)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="share of patients held out for validation")
-    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--learning-rate", type=float, help="Adam's learning rate (default 1e-3; gan 2e-4)")
     t.add_argument("--patience", type=int, default=6, help="early stopping patience in epochs")
     t.add_argument("--seed", type=int, default=0, help="seed of weights, split and sampling")
     t.add_argument("--workers", type=int, default=1, help="data loading threads")
@@ -264,7 +264,7 @@ def run(args) -> int:
     settings = TrainSettings(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, val_steps=args.val_steps,
         batch_size=args.batch_size or (16 if args.task == "segmenter" else 32),
-        learning_rate=args.learning_rate, patience=args.patience, val_fraction=args.val_fraction,
+        learning_rate=args.learning_rate or (2e-4 if args.task == "gan" else 1e-3), patience=args.patience, val_fraction=args.val_fraction,
         seed=args.seed, workers=args.workers, max_cases_in_memory=args.max_cases_in_memory, verbose=verbose,
         init_weights=args.init_weights, time_limit_min=args.time_limit)
     if args.task == "gan":

@@ -175,7 +175,7 @@ def _fit(args, settings, model_kwargs, images, preprocessing, data_info) -> int:
     out = Path(args.out or run_dir / "gan_generator.keras")
     card = train_gan(images, run_dir=run_dir, out=out, epochs=args.epochs, batch_size=settings.batch_size,
                      sample_every=args.sample_every, time_limit_min=args.time_limit, resume=args.resume,
-                     seed=args.seed, learning_rate=args.learning_rate if args.learning_rate != 1e-3 else 2e-4,
+                     seed=args.seed, learning_rate=settings.learning_rate,
                      settings=settings, data_info=data_info, preprocessing=preprocessing,
                      **{"base_filters": args.base_filters or 64, **model_kwargs})
     print(f"lungcad train gan: {out} ({card['data']['n_patches']} patches of shape "
