@@ -261,6 +261,22 @@ def test_fpr_dataset_masses_get_coarser_patches_and_hard_negatives():
     np.testing.assert_allclose(scale, np.log2(50.0 / (0.7 * 32)), rtol=1e-5)
 
 
+def test_fpr_dataset_drops_hard_negatives_on_the_case_s_own_lesions():
+    """Hard-negative tables are by patient id, which the draws of one real background share:
+    a mistake mined on one draw that lies on a lesion of another draw is not taught as a
+    non-nodule there (the margin of hard_negatives: max(1.5 r, r + 5 mm))."""
+    case = toy_case(7)
+    les = case.lesions.iloc[0]
+    r = les["diameter_mm"] / 2
+    hard = {case.patient_id: pd.DataFrame({
+        "coordX": [les["coordX"] + 0.5 * r, les["coordX"] + r + 3.0, 20.0],
+        "coordY": [les["coordY"], les["coordY"], 0.0], "coordZ": [les["coordZ"], les["coordZ"], 50.0],
+        "diameter_mm": [6.0, 6.0, 8.0], "probability": [0.95, 0.9, 0.8]})}
+    ds = FPRDataset([case], batch_size=8, steps=2, augment=False, seed=1, hard_negatives=hard)
+    kept = ds.pool.entries[0].hard
+    assert len(kept) == 1 and kept["coordX"].iloc[0] == 20.0
+
+
 # -------------------------------------------------------------------------------- loss
 
 @pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])

@@ -127,6 +127,10 @@ class FPRDataset(_PyDataset):
         rand["diameter_mm"] = math.nan
         rand = drop_near(rand, les, margin_mm=10.0)
         hard = self.hard_negatives.get(case.patient_id)
+        if hard is not None and len(hard):
+            # the tables are by patient: the draws of one real background share it, so another
+            # draw's mistakes may sit on this draw's inserted lesions (the margin of hard_negatives)
+            hard = drop_near(drop_near(hard, les, margin_mm=5.0), les, scale=1.5)
         hard = (hard[["coordX", "coordY", "coordZ", "diameter_mm"]].reset_index(drop=True)
                 if hard is not None and len(hard) else pd.DataFrame(columns=["coordX", "coordY", "coordZ",
                                                                               "diameter_mm"]))
