@@ -277,6 +277,38 @@ def test_fpr_dataset_drops_hard_negatives_on_the_case_s_own_lesions():
     assert len(kept) == 1 and kept["coordX"].iloc[0] == 20.0
 
 
+def test_hard_negatives_are_kept_by_scan_for_draws_of_one_patient():
+    """Two draws of one real background share the patient id (one side of the split) but are two
+    scans: mining keeps each draw's own mistakes, and each draw's batches use its own."""
+    import dataclasses
+
+    from lungcad.train.cases import case_key
+    from lungcad.train.fit_fpr import mine_hard_negatives
+
+    base = toy_case(9)
+    draws = [dataclasses.replace(base, source=f"background:toy#draw{d}") for d in range(2)]
+    draws[1] = dataclasses.replace(draws[1], volume=dataclasses.replace(base.volume, hu=base.volume.hu.copy()))
+    zz, yy, xx = np.mgrid[:40, :160, :160]
+    blob = ((zz - 12) * 2.5) ** 2 + ((yy - 80) * 1.5) ** 2 + ((xx - 40) * 1.5) ** 2 <= 6.0 ** 2
+    draws[1].volume.hu[blob] = LESION_HU                      # a mistake only the second draw has
+    assert case_key(draws[0]) != case_key(draws[1]) and draws[0].patient_id == draws[1].patient_id
+
+    def segmenter(x):
+        return (x[..., 1:2] > 0.5).astype(np.float32) * 0.9
+
+    config = PipelineConfig().with_overrides({"fpr.backbone": "wrn2d"})
+    _, hard = mine_hard_negatives(draws, segmenter, config=config, max_per_case=8)
+    assert set(hard) == {case_key(d) for d in draws}
+    ds = FPRDataset(draws, batch_size=8, steps=2, augment=False, seed=1, hard_negatives=hard)
+    tables = [e.hard for e in ds.pool.entries]
+    seen0 = {tuple(np.round(r, 1)) for r in tables[0][["coordX", "coordY", "coordZ"]].to_numpy(float)}
+    only1 = [tuple(np.round(r, 1)) for r in tables[1][["coordX", "coordY", "coordZ"]].to_numpy(float)
+             if tuple(np.round(r, 1)) not in seen0]
+    assert len(only1) == 1                                    # the second draw's own mistake
+    z, y, x = base.volume.origin[2] + 12 * 2.5, base.volume.origin[1] + 80 * 1.5, base.volume.origin[0] + 40 * 1.5
+    assert np.linalg.norm(np.subtract(only1[0], (x, y, z))) < 3.0
+
+
 # -------------------------------------------------------------------------------- loss
 
 @pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])

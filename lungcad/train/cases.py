@@ -165,6 +165,13 @@ def _in_volume(volume: CTVolume, xyz: np.ndarray) -> np.ndarray:
     return np.all((zyx >= -0.5) & (zyx <= shape - 0.5), axis=1)
 
 
+def case_key(case: Case) -> str:
+    """What tells one loaded scan from another of the same patient: the patient id with the
+    case's source (the draws of one real background share the patient id, so that a split by
+    patient keeps them together, and differ in their source, ``background:<folder>#draw<d>``)."""
+    return f"{case.patient_id}|{case.source}" if case.source else case.patient_id
+
+
 def drop_near(table: pd.DataFrame, findings: pd.DataFrame, *, margin_mm: float = 0.0,
               scale: float = 1.0) -> pd.DataFrame:
     """Rows of ``table`` farther than ``scale * diameter/2 + margin_mm`` from every finding."""

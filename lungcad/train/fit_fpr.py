@@ -25,7 +25,7 @@ from lungcad.fpr import (MALIGNANCY, NODULE, PREPROCESSING, build_fpr_model, mod
                          views_for)
 from lungcad.models.registry import REGISTRY
 from lungcad.pipeline import fpr_stage
-from lungcad.train.cases import Case, CaseLike, CaseRef, drop_near, split_by_patient
+from lungcad.train.cases import Case, CaseLike, CaseRef, case_key, drop_near, split_by_patient
 from lungcad.train.detection import detect_candidates, match_candidates
 from lungcad.train.fit_loop import fit, write_outputs
 from lungcad.train.fpr_batches import FPRDataset
@@ -43,7 +43,9 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
                         cache_dir: str | Path | None = None, cache_key: str = ""
                         ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """Candidates of the segmenter on each case and, among them, the hard negatives
-    (:func:`hard_negatives`), both by patient id.  One case is in memory at a time.
+    (:func:`hard_negatives`): the candidates by patient id (for the weak labels), the hard
+    negatives by scan (:func:`lungcad.train.cases.case_key`: the draws of one real background
+    are one patient but different scans).  One case is in memory at a time.
 
     With a ``classifier`` (an FPR network) the candidates are scored by it, as the pipeline
     does, and the hard negatives are the non-lesions it finds most nodule-like: the mistakes
@@ -75,7 +77,7 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
                 cands.reset_index(drop=True).to_json(tmp, orient="table", index=False, double_precision=15)
                 tmp.replace(cached)
         mined[case.patient_id] = cands
-        hard[case.patient_id] = hard_negatives(case, cands, max_per_case=max_per_case)
+        hard[case_key(case)] = hard_negatives(case, cands, max_per_case=max_per_case)
         del case
     return mined, hard
 

@@ -18,7 +18,7 @@ import pandas as pd
 from lungcad.fpr import MALIGNANCY, NODULE, extract_patches, patch_shape, patch_spacing
 from lungcad.train.batching import (_CasePool, _PyDataset, jitter_intensity, lung_box_of, random_lung_points,
                                     sample_rng)
-from lungcad.train.cases import Case, CaseLike, drop_near
+from lungcad.train.cases import Case, CaseLike, case_key, drop_near
 from lungcad.volume import voxel_to_world, world_to_voxel
 
 
@@ -56,8 +56,9 @@ class FPRDataset(_PyDataset):
 
     Half of each batch (``positive_fraction``) are lesions, the rest negatives drawn by
     :data:`NEGATIVE_MIX` from known negatives (``case.negatives``: phantom distractors,
-    LUNA16 class-0 candidates), hard negatives (``hard_negatives``: {patient id: table}
-    of segmenter candidates that hit no lesion) and random points of the lung mask
+    LUNA16 class-0 candidates), hard negatives (``hard_negatives``: {scan key: table} of
+    segmenter candidates that hit no lesion, by :func:`lungcad.train.cases.case_key` or by
+    patient id for all of a patient's scans) and random points of the lung mask
     farther than radius + 10 mm from every lesion.  Negatives with no diameter get one
     drawn from 3-30 mm (80 %) or 30-80 mm (20 %), so that the coarse patch scale of masses
     is not by itself a sign of a lesion.
@@ -126,10 +127,10 @@ class FPRDataset(_PyDataset):
         rand = pd.DataFrame(np.atleast_2d(xyz).reshape(-1, 3), columns=["coordX", "coordY", "coordZ"])
         rand["diameter_mm"] = math.nan
         rand = drop_near(rand, les, margin_mm=10.0)
-        hard = self.hard_negatives.get(case.patient_id)
+        hard = self.hard_negatives.get(case_key(case), self.hard_negatives.get(case.patient_id))
         if hard is not None and len(hard):
-            # the tables are by patient: the draws of one real background share it, so another
-            # draw's mistakes may sit on this draw's inserted lesions (the margin of hard_negatives)
+            # a table given by patient id serves every scan of the patient (the draws of one real
+            # background): another scan's mistakes may sit on this one's lesions
             hard = drop_near(drop_near(hard, les, margin_mm=5.0), les, scale=1.5)
         hard = (hard[["coordX", "coordY", "coordZ", "diameter_mm"]].reset_index(drop=True)
                 if hard is not None and len(hard) else pd.DataFrame(columns=["coordX", "coordY", "coordZ",
