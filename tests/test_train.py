@@ -703,3 +703,15 @@ def test_randomized_training_phantoms_draw_their_own_thickness_and_families_are_
     (tmp_path / "domain.json").write_text(_json.dumps({"domain": "randomized", "seed": 950000}))
     with pytest.raises(InputError, match="evaluation family"):
         synth_dir_cases(tmp_path)
+
+
+def test_cli_train_help_shows_only_defaults_that_say_something(capsys):
+    from lungcad.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "made on the fly (default: 0)" in text                  # a real default is still shown
+    assert "(default 1e-3; gan 2e-4)" in text and "2e-4) (default" not in text

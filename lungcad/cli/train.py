@@ -22,6 +22,18 @@ from pathlib import Path
 TASKS = ("segmenter", "fpr", "gan")
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it says something: not None, not a flag's False, and not when
+    the help already tells it (defaults that depend on the task)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_parser(sub, parents):
     p = sub.add_parser(
         "train", parents=parents, help="train the candidate U-Net, the FPR network or a lesion-patch GAN",
@@ -31,7 +43,7 @@ def add_parser(sub, parents):
                     "the .keras file and its model card (<name>.card.json). `train gan` trains a DCGAN "
                     "on lesion patches (see the gan options), or writes its samples or real patches "
                     "to an .npz (--sample, --dump-real).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelp)
     p.add_argument("task", choices=TASKS, help="which network to train")
     d = p.add_argument_group("data (at least one source)")
     d.add_argument("--synthetic", type=int, default=0, metavar="N",
