@@ -156,6 +156,27 @@ def test_phantom_lungs_dice_and_lesions_inside(seed, slice_mm):
     assert hits.all(), want.loc[~hits, ["location", "kind", "diameter_mm"]]
 
 
+def test_block_median_and_the_clipped_noise_of_air():
+    """Scanners store air's noise clipped at -1024 HU: the mean of noisy pure gas is lifted to
+    about -950 HU (the pockets' threshold) at 140 HU of noise, its median much less."""
+    from lungcad.lungmask.grid import block_mean, block_median
+
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1100, 200, size=(20, 9, 11)).astype(np.int16)
+    med = block_median(hu, 2, 2, chunk=7)
+    assert med.shape == block_mean(hu, 2, 2).shape == (20, 5, 6)
+    padded = np.full((20, 10, 12), -1024, np.int16)
+    padded[:, :9, :11] = np.maximum(hu, -1024)
+    want = np.median(padded.reshape(20, 5, 2, 6, 2), axis=(2, 4))
+    np.testing.assert_allclose(med, want)
+    gas = np.maximum(rng.normal(-1000.0, 140.0, size=(4, 64, 64)), -1024.0)
+    # what gas_pockets takes for pure gas: below -950 HU after a 3 x 3 mean (median) of the blocks
+    by_mean = ndimage.uniform_filter(block_mean(gas, 2, 2), size=(1, 3, 3))[:, 2:-2, 2:-2]
+    by_median = ndimage.median_filter(block_median(gas, 2, 2), size=(1, 3, 3))[:, 2:-2, 2:-2]
+    assert by_mean.mean() > -960.0 and (by_mean < -950.0).mean() < 0.75
+    assert by_median.mean() < -975.0 and (by_median < -950.0).mean() > 0.85
+
+
 def depth_inside_mm(mask: np.ndarray, spacing) -> np.ndarray:
     """How far each voxel of ``mask`` lies inside it (mm): the distance between voxel centres
     to the nearest voxel outside, less half the largest voxel step (the border runs between
@@ -165,12 +186,15 @@ def depth_inside_mm(mask: np.ndarray, spacing) -> np.ndarray:
 
 
 #: Randomised phantoms (lungcad.synthetic domain "randomized", seeds outside every training and
-#: evaluation range) on which the mask is right; 990004 (atelectasis left out, Dice 0.94) and
-#: 990007 (stomach gas high in the left lung field taken in) are not yet: see docs/results.md.
+#: evaluation range) on which the mask is right.  990007 (140 HU of noise) is here for its stomach
+#: gas, which a mean of the clipped noise read as lung (see gas_pockets); its Dice and organs are
+#: right, but a juxta-pleural 9 mm nodule's centre is outside, so it checks organs only.  990004
+#: (a 14 mm dependent atelectasis left out, Dice 0.94) is not yet right: see docs/results.md.
 RANDOMISED_GOOD = [990001, 990003]
+RANDOMISED_ORGANS_ONLY = [990007]
 
 
-@pytest.mark.parametrize("seed", RANDOMISED_GOOD)
+@pytest.mark.parametrize("seed", RANDOMISED_GOOD + RANDOMISED_ORGANS_ONLY)
 def test_randomised_phantom_lungs_dice_and_organs_out(seed):
     """Issue 19 section 3 on randomised phantoms: Dice >= 0.95 against the phantom's lungs
     (consolidation and atelectasis counted as lung), no voxel of the heart, liver, spleen or
@@ -184,7 +208,7 @@ def test_randomised_phantom_lungs_dice_and_organs_out(seed):
         organ = ph.organs == code
         assert depth[organ].max(initial=0.0) <= 2.0, (name, depth[organ].max())
     zyx = np.rint(ph.lesions[["z", "y", "x"]].to_numpy(float)).astype(int)
-    assert len(zyx) and lm.mask[tuple(zyx.T)].all()
+    assert len(zyx) and (seed in RANDOMISED_ORGANS_ONLY or lm.mask[tuple(zyx.T)].all())
 
 
 def test_depth_inside_counts_from_the_border_between_voxels():

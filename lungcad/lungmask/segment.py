@@ -16,7 +16,7 @@ from lungcad.checks import check_spacing, check_volume
 
 from .anatomy import body_and_inner_air, find_trachea, gas_pockets, noise_hu, two_lungs
 from .box import fallback_box
-from .grid import SLICEWISE, block_mean, fine_mask
+from .grid import SLICEWISE, block_mean, block_median, fine_mask
 from .refine import refine_lung
 
 NOISY_HU = 60.0            # noise above which the scan is smoothed before the threshold
@@ -103,6 +103,7 @@ def segment_lungs(hu, *, spacing_zyx, direction=None, threshold_hu: float = -320
     fx = max(1, int(round(work_mm / sp[2])))
     csp = np.array([sp[0], sp[1] * fy, sp[2] * fx])
     noise = noise_hu(hu)
+    raw = hu
     smooth_px = 0.0
     if noise > NOISY_HU:
         # low dose and sharp kernels: a threshold on single pixels would speckle the body and
@@ -121,7 +122,9 @@ def segment_lungs(hu, *, spacing_zyx, direction=None, threshold_hu: float = -320
     if trachea.any():
         trachea = ndimage.binary_dilation(trachea, structure=SLICEWISE) & inner
     cand = inner & ~trachea
-    gas = gas_pockets(cand, coarse, air, csp, gas_hu=gas_hu)
+    # in a noisy scan, pure gas is judged by medians of the unsmoothed scan (see gas_pockets)
+    gas = (gas_pockets(cand, block_median(raw, fy, fx), air, csp, gas_hu=gas_hu, robust=True) if smooth_px
+           else gas_pockets(cand, coarse, air, csp, gas_hu=gas_hu))
     info["gas_pockets_ml"] = round(float(gas.sum()) * float(np.prod(csp)) / 1000.0, 1)
     cand &= ~gas
 
