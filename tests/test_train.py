@@ -293,11 +293,8 @@ def test_hard_negatives_are_kept_by_scan_for_draws_of_one_patient():
     draws[1].volume.hu[blob] = LESION_HU                      # a mistake only the second draw has
     assert case_key(draws[0]) != case_key(draws[1]) and draws[0].patient_id == draws[1].patient_id
 
-    def segmenter(x):
-        return (x[..., 1:2] > 0.5).astype(np.float32) * 0.9
-
     config = PipelineConfig().with_overrides({"fpr.backbone": "wrn2d"})
-    _, hard = mine_hard_negatives(draws, segmenter, config=config, max_per_case=8)
+    _, hard = mine_hard_negatives(draws, soft_tissue_segmenter, config=config, max_per_case=8)
     assert set(hard) == {case_key(d) for d in draws}
     ds = FPRDataset(draws, batch_size=8, steps=2, augment=False, seed=1, hard_negatives=hard)
     tables = [e.hard for e in ds.pool.entries]
@@ -362,6 +359,11 @@ def test_hard_negatives_keep_clear_of_lesions(toys):
 
 
 
+def soft_tissue_segmenter(x):
+    """A toy "U-Net": soft tissue in the centre slice of the input."""
+    return (x[..., 1:2] > 0.5).astype(np.float32) * 0.9
+
+
 def test_mining_ranks_hard_negatives_by_an_fpr_network(toys):
     """Bootstrapping: with an FPR network the hard negatives are the non-lesions it scores
     highest (its mistakes), in that order, rather than the U-Net's most probable ones."""
@@ -373,17 +375,14 @@ def test_mining_ranks_hard_negatives_by_an_fpr_network(toys):
         blob = ((zz - z) * 2.5) ** 2 + ((yy - y) * 1.5) ** 2 + ((xx - x) * 1.5) ** 2 <= (r * 1.5) ** 2
         case.volume.hu[blob] = LESION_HU - 10 * r            # non-lesions of different brightness
 
-    def segmenter(x):                                        # soft tissue in the centre slice
-        return (x[..., 1:2] > 0.5).astype(np.float32) * 0.9
-
     def darkest_first(inputs):                               # an "FPR" that prefers dimmer patches
         centre = inputs["patch"][:, 12:20, 12:20].reshape(len(inputs["patch"]), -1).mean(axis=1)
         nod = (1.0 - centre)[:, None].astype(np.float32)
         return {"nodule": nod, "malignancy": np.full_like(nod, 0.5)}
 
     config = PipelineConfig().with_overrides({"fpr.backbone": "wrn2d"})
-    by_unet = mine_hard_negatives([case], segmenter, config=config, max_per_case=3)[1]["toy7"]
-    mined, hard = mine_hard_negatives([case], segmenter, config=config, max_per_case=3,
+    by_unet = mine_hard_negatives([case], soft_tissue_segmenter, config=config, max_per_case=3)[1]["toy7"]
+    mined, hard = mine_hard_negatives([case], soft_tissue_segmenter, config=config, max_per_case=3,
                                       classifier=darkest_first)
     cands, hard = mined["toy7"], hard["toy7"]
     assert len(hard) == 3 and "nodule_prob" in hard
@@ -407,7 +406,7 @@ def test_mining_cache_reuses_candidates_of_the_same_networks_and_scan(tmp_path):
 
     def segmenter(x):
         calls.append(len(x))
-        return (x[..., 1:2] > 0.5).astype(np.float32) * 0.9
+        return soft_tissue_segmenter(x)
 
     config = PipelineConfig().with_overrides({"fpr.backbone": "wrn2d"})
     seg_file = tmp_path / "seg.bin"

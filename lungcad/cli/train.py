@@ -276,7 +276,8 @@ def run(args) -> int:
     settings = TrainSettings(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, val_steps=args.val_steps,
         batch_size=args.batch_size or (16 if args.task == "segmenter" else 32),
-        learning_rate=args.learning_rate or (2e-4 if args.task == "gan" else 1e-3), patience=args.patience, val_fraction=args.val_fraction,
+        learning_rate=args.learning_rate or (2e-4 if args.task == "gan" else 1e-3),
+        patience=args.patience, val_fraction=args.val_fraction,
         seed=args.seed, workers=args.workers, max_cases_in_memory=args.max_cases_in_memory, verbose=verbose,
         init_weights=args.init_weights, time_limit_min=args.time_limit)
     if args.task == "gan":

@@ -172,6 +172,12 @@ def case_key(case: Case) -> str:
     return f"{case.patient_id}|{case.source}" if case.source else case.patient_id
 
 
+def off_lesions(table: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``table`` that may be taught as non-nodules: farther than ``max(1.5 r, r + 5 mm)``
+    from every lesion of radius r, so that fragments of a lesion are not."""
+    return drop_near(drop_near(table, lesions, margin_mm=5.0), lesions, scale=1.5)
+
+
 def drop_near(table: pd.DataFrame, findings: pd.DataFrame, *, margin_mm: float = 0.0,
               scale: float = 1.0) -> pd.DataFrame:
     """Rows of ``table`` farther than ``scale * diameter/2 + margin_mm`` from every finding."""

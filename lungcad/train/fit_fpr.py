@@ -25,7 +25,7 @@ from lungcad.fpr import (MALIGNANCY, NODULE, PREPROCESSING, build_fpr_model, mod
                          views_for)
 from lungcad.models.registry import REGISTRY
 from lungcad.pipeline import fpr_stage
-from lungcad.train.cases import Case, CaseLike, CaseRef, case_key, drop_near, split_by_patient
+from lungcad.train.cases import Case, CaseLike, CaseRef, case_key, off_lesions, split_by_patient
 from lungcad.train.detection import detect_candidates, match_candidates
 from lungcad.train.fit_loop import fit, write_outputs
 from lungcad.train.fpr_batches import FPRDataset
@@ -51,8 +51,9 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
     does, and the hard negatives are the non-lesions it finds most nodule-like: the mistakes
     of that network (bootstrapping).  Otherwise they are ranked by the U-Net's score.
 
-    With a ``cache_dir`` each case's candidates are kept there as JSON (table schema: the dtypes too), under a name made of
-    ``cache_key`` (what identifies the networks and settings: see :func:`mining_cache_key`)
+    With a ``cache_dir`` each case's candidates are kept there as JSON (table schema: the
+    dtypes too), under a name made of ``cache_key`` (what identifies the networks and settings:
+    see :func:`mining_cache_key`)
     and the case's voxels and geometry, and read back by a later run instead of running the
     networks again.
     """
@@ -83,17 +84,11 @@ def mine_hard_negatives(cases: Sequence[CaseLike], segmenter, *, config: Pipelin
 
 
 def mining_cache_key(config: PipelineConfig, *weight_files: str | Path) -> str:
-    """What the mined candidates depend on: the sha256 of each network file and the whole
-    pipeline's settings."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
+    """What the mined candidates depend on: the sha256 of each network file and the pipeline's
+    settings (:meth:`PipelineConfig.hash`)."""
     from lungcad.train.model_card import sha256
 
-    parts = [sha256(Path(f)) for f in weight_files]
-    parts.append(json.dumps(asdict(config), sort_keys=True, default=str))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return "\n".join([*(sha256(Path(f)) for f in weight_files), config.hash()])
 
 
 def _mining_cache_file(cache_dir: str | Path, key: str, case: Case) -> Path:
@@ -116,9 +111,7 @@ def hard_negatives(case: Case, candidates: pd.DataFrame, *, max_per_case: int = 
     """
     if not math.isnan(case.patient_label) and not (case.lesions["nodule"] == 1).any():
         return candidates.iloc[0:0]
-    les = case.lesions
-    c = drop_near(candidates, les, margin_mm=5.0)
-    c = drop_near(c, les, scale=1.5)
+    c = off_lesions(candidates, case.lesions)
     return c.sort_values("probability", ascending=False).head(int(max_per_case)).reset_index(drop=True)
 
 

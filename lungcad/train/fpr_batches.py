@@ -18,7 +18,7 @@ import pandas as pd
 from lungcad.fpr import MALIGNANCY, NODULE, extract_patches, patch_shape, patch_spacing
 from lungcad.train.batching import (_CasePool, _PyDataset, jitter_intensity, lung_box_of, random_lung_points,
                                     sample_rng)
-from lungcad.train.cases import Case, CaseLike, case_key, drop_near
+from lungcad.train.cases import Case, CaseLike, case_key, drop_near, off_lesions
 from lungcad.volume import voxel_to_world, world_to_voxel
 
 
@@ -131,7 +131,7 @@ class FPRDataset(_PyDataset):
         if hard is not None and len(hard):
             # a table given by patient id serves every scan of the patient (the draws of one real
             # background): another scan's mistakes may sit on this one's lesions
-            hard = drop_near(drop_near(hard, les, margin_mm=5.0), les, scale=1.5)
+            hard = off_lesions(hard, les)
         hard = (hard[["coordX", "coordY", "coordZ", "diameter_mm"]].reset_index(drop=True)
                 if hard is not None and len(hard) else pd.DataFrame(columns=["coordX", "coordY", "coordZ",
                                                                               "diameter_mm"]))
