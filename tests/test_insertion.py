@@ -331,3 +331,31 @@ def test_cli_train_fpr_with_backgrounds_writes_the_scans_on_the_card(real_data, 
     assert scan["inserted_lesions"] == 6 and 1 <= scan["mined_negatives"] <= 12
     assert len(scan["exclusions"]) == 2
     assert 0.4 < scan["host_psf"]["sigma_mm"] < 1.0
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_cli_train_gan_on_lesions_inserted_into_a_real_background(real_data, tmp_path):
+    """Issue 24: `lungcad train gan --views orthogonal --backgrounds DIR` trains on the FPR input's
+    lesion patches of lesions inserted into real CT, and its card names the scan."""
+    bg = real_data / "backgrounds"
+    if not (bg / "popi-4dct-phase00").is_dir():
+        pytest.skip("no backgrounds folder")
+    root = tmp_path / "bg"
+    (root / "popi").mkdir(parents=True)
+    for f in sorted((bg / "popi-4dct-phase00").iterdir()):
+        (root / "popi" / f.name).symlink_to(f)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = ["train", "gan", "--views", "orthogonal", "--backgrounds", str(root), "--background-draws", "1",
+            "--background-lesions", "3", "--background-negatives", "2", "--real-patches", "8", "--epochs", "1",
+            "--batch-size", "4", "--base-filters", "4", "--no-progress", "--out", str(tmp_path / "g.keras"),
+            "--run-dir", str(tmp_path / "run")]
+    r = subprocess.run([sys.executable, "-m", "lungcad", *args], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((tmp_path / "g.card.json").read_text())
+    assert card["task"] == "gan" and card["data"]["n_patches"] == 8 and card["data"]["views"] == "orthogonal"
+    (src,) = [s for s in card["data"]["sources"] if s["source"] == "backgrounds"]
+    (scan,) = src["scans"]
+    assert scan["series_uid"] == POPI_UID and scan["draws_loaded"] == 1 and scan["inserted_lesions"] == 3
+    assert card["preprocessing"]["fpr_input"] == [32, 32, 3]
