@@ -121,6 +121,44 @@ class MorphologyConfig:
 
 
 @dataclass
+class DenseConfig:
+    """``[dense]``: a classical second source of candidates, compact dense blobs in the lung
+    (calcified nodules the U-Net misses; :func:`lungcad.morphology.add_dense_candidates`)."""
+
+    max_added: int = 50
+    """At most this many blobs join a scan's candidates, the densest first (0 = off)."""
+    min_hu: float = 150.0
+    """HU threshold on the scan smoothed in-plane by `smooth_mm`."""
+    smooth_mm: float = 0.6
+    """In-plane Gaussian (sigma, mm) against noise before the threshold (0 = none)."""
+    min_diameter_mm: float = 2.0
+    """Equivalent-sphere diameter of the blob's dense voxels, at least."""
+    max_diameter_mm: float = 15.0
+    """Extent along each axis, at most."""
+    max_elongation: float = 3.0
+    """Longest over shortest principal axis, at most (a contrast-filled vessel is a tube)."""
+    shell_mm: float = 2.5
+    """Thickness of the shell around the blob that `min_air_fraction` reads."""
+    min_air_fraction: float = 0.35
+    """Share of a `shell_mm` shell around the blob below -500 HU, at least (a rib or calcium in the
+    aorta has none, an isolated nodule nearly all, a juxta-pleural one about half)."""
+
+    def __post_init__(self):
+        if not (isinstance(self.max_added, int) and not isinstance(self.max_added, bool) and self.max_added >= 0):
+            raise ConfigError(f"[dense] max_added: expected a number of candidates >= 0 (0 = off). "
+                              f"Received {self.max_added!r}")
+        if not (isinstance(self.min_air_fraction, (int, float)) and 0.0 <= self.min_air_fraction <= 1.0):
+            raise ConfigError(f"[dense] min_air_fraction: expected a fraction from 0 to 1. "
+                              f"Received {self.min_air_fraction!r}")
+        for key in ("smooth_mm", "min_diameter_mm", "max_diameter_mm", "shell_mm"):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0.0):
+                raise ConfigError(f"[dense] {key}: expected a size >= 0 in mm. Received {v!r}")
+        if not (isinstance(self.max_elongation, (int, float)) and self.max_elongation >= 1.0):
+            raise ConfigError(f"[dense] max_elongation: expected a ratio >= 1. Received {self.max_elongation!r}")
+
+
+@dataclass
 class FPRConfig:
     """``[fpr]``: false-positive reduction (:func:`lungcad.fpr.classify_candidates`,
     :func:`lungcad.fpr.suppress_inside`)."""
@@ -213,6 +251,7 @@ class PipelineConfig:
     lungmask: LungMaskConfig = field(default_factory=LungMaskConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     morphology: MorphologyConfig = field(default_factory=MorphologyConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
     fpr: FPRConfig = field(default_factory=FPRConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     reported: ReportedConfig = field(default_factory=ReportedConfig)

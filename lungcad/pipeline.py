@@ -164,9 +164,12 @@ def morphology_stage(volume: CTVolume, prob: np.ndarray, lung_mask, config: Pipe
     section is a keyword of :func:`lungcad.morphology.extract_candidates`)."""
     from lungcad import morphology
 
-    return morphology.extract_candidates(
+    table = morphology.extract_candidates(
         prob, spacing_zyx=volume.spacing, origin_xyz=volume.origin, direction=volume.direction,
         series_uid=volume.series_uid, mask=lung_mask, **dataclasses.asdict(config.morphology))
+    return morphology.add_dense_candidates(
+        table, volume.hu, prob, spacing_zyx=volume.spacing, origin_xyz=volume.origin, direction=volume.direction,
+        lung_mask=lung_mask, series_uid=volume.series_uid, **dataclasses.asdict(config.dense))
 
 
 def fpr_stage(volume: CTVolume, table, classifier, config: PipelineConfig, *, views: str | None = None):

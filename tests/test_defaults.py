@@ -22,7 +22,7 @@ from lungcad.volume import CTVolume
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {"lungmask": config.LungMaskConfig, "candidates": config.CandidatesConfig,
-            "morphology": config.MorphologyConfig, "fpr": config.FPRConfig, "aggregate": config.AggregateConfig,
+            "morphology": config.MorphologyConfig, "dense": config.DenseConfig, "fpr": config.FPRConfig, "aggregate": config.AggregateConfig,
             "reported": config.ReportedConfig}
 
 #: (stage function, section, {config key: keyword}): the keywords whose defaults must be the
@@ -34,6 +34,7 @@ STAGES = [
     (candidates.prepare_slices, "candidates", ["context_slices", "pixel_mm", "window_hu", "tile"]),
     (candidates.window, "candidates", ["window_hu"]),
     (morphology.extract_candidates, "morphology", [f.name for f in dataclasses.fields(config.MorphologyConfig)]),
+    (morphology.add_dense_candidates, "dense", [f.name for f in dataclasses.fields(config.DenseConfig)]),
     (fpr.classify_candidates, "fpr", ["patch_size", "patch_mm", "fit_fraction", "window_hu", "batch_size",
                                       "tta", "tta_top"]),
     (fpr.suppress_inside, "fpr", [("suppress_within", "within")]),
@@ -147,6 +148,7 @@ def test_the_pipeline_passes_every_key_to_its_stage(monkeypatch):
     monkeypatch.setattr(candidates, "predict_probability_map",
                         spy("predict_probability_map", lambda *a, **k: np.zeros(vol.shape, np.float32)))
     monkeypatch.setattr(morphology, "extract_candidates", spy("extract_candidates", lambda *a, **k: table))
+    monkeypatch.setattr(morphology, "add_dense_candidates", spy("add_dense_candidates", lambda t, *a, **k: t))
     monkeypatch.setattr(fpr, "classify_candidates", spy("classify_candidates", lambda *a, **k: scored))
     monkeypatch.setattr(fpr, "suppress_inside", spy("suppress_inside", lambda t, **k: t))
     monkeypatch.setattr(aggregate, "aggregate", spy("aggregate", lambda *a, **k: 0.5))
@@ -165,4 +167,4 @@ def test_the_pipeline_passes_every_key_to_its_stage(monkeypatch):
             assert kw in seen[func.__name__], f"the pipeline does not pass [{section}] {key} to {func.__name__}"
             assert plain(seen[func.__name__][kw]) == plain(getattr(getattr(cfg, section), key)), (func, kw)
     assert set(seen) == {"segment_lungs", "lung_box", "predict_probability_map", "extract_candidates",
-                         "classify_candidates", "suppress_inside", "aggregate", "measure_nodules"}
+                         "add_dense_candidates", "classify_candidates", "suppress_inside", "aggregate", "measure_nodules"}

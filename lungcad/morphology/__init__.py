@@ -20,7 +20,10 @@ The candidate U-Net works slice by slice, so this stage does too:
    threshold again at that higher level: a nodule that the map joins to the hilum stands apart
    there, and the parts go through steps 4-5 among themselves and become candidates next to
    the whole component's (measured on their own, so that they may share its voxels);
-8. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table.
+8. :func:`extract_candidates` measures each 3-D candidate and returns the candidate table;
+9. :func:`add_dense_candidates` (:mod:`.dense`, the pipeline's ``[dense]``) appends a second,
+   classical source: compact dense blobs in the lung that no candidate covers (calcified
+   nodules, which the U-Net misses).
 
 Every distance is in millimetres; voxel indices stay inside the functions or travel in
 tables next to the spacing that gives them meaning.
@@ -48,11 +51,12 @@ where it lies within that slice cannot be measured, and its centre is the slice'
 The modules: :mod:`.components` (steps 1-3: threshold, closing, 2-D components),
 :mod:`.merge` (step 4), :mod:`.zlink` (step 5), :mod:`.levels` (steps 6-7: weak and split
 components), :mod:`.measure` (the measurements of a 3-D candidate) and :mod:`.extract`
-(step 8: :func:`extract_candidates`, which runs them in order).
+(step 8: :func:`extract_candidates`, which runs them in order), :mod:`.dense` (step 9).
 """
 from __future__ import annotations
 
 from .components import DETECTION_COLUMNS, components_2d, dilate, erode, structuring_element, threshold
+from .dense import add_dense_candidates, dense_blobs
 from .extract import extract_candidates
 from .levels import split_components, weak_components
 from .measure import EXTRA_COLUMNS
@@ -61,4 +65,5 @@ from .zlink import merge_z, overlap_links
 
 __all__ = ["threshold", "structuring_element", "dilate", "erode", "components_2d", "weak_components",
            "split_components", "merge_by_distance", "merge_z", "overlap_links", "extract_candidates", "EXTRA_COLUMNS",
+           "add_dense_candidates", "dense_blobs",
            "DETECTION_COLUMNS"]
