@@ -165,8 +165,10 @@ def add_dense_candidates(table: pd.DataFrame, hu, prob, *, spacing_zyx, origin_x
         return table
     order = np.argsort(-blobs["peak_hu"].to_numpy(float), kind="stable")[:max_added]
     blobs, zyx = blobs.iloc[order].reset_index(drop=True), zyx[order]
-    p = np.asarray(prob[box], dtype=np.float32)
-    pmax = ndimage.maximum(p, labels, index=blobs["label"].to_numpy(int)) if p.size else 0.0
+    # each blob's own bounding box: ndimage.maximum(prob, labels, index) sorts the whole box
+    ids = blobs["label"].to_numpy(int)
+    objs = ndimage.find_objects(labels, max_label=int(ids.max()))
+    pmax = np.array([float(np.max(prob[box][objs[i - 1]][labels[objs[i - 1]] == i], initial=0.0)) for i in ids])
     xyz = np.atleast_2d(voxel_to_world(zyx, spacing=sp, origin=origin_xyz, direction=direction))
     add = pd.DataFrame({
         "seriesuid": table_text(series_uid), "coordX": xyz[:, 0], "coordY": xyz[:, 1], "coordZ": xyz[:, 2],
