@@ -3,7 +3,6 @@
 These guard the figures reported in docs/results.md and the README's results table; a regression in
 any stage or in the weights fails here.
 """
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

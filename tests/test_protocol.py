@@ -11,7 +11,7 @@ import pytest
 from lungcad.errors import InputError
 from lungcad.metrics import froc, read_annotations, read_candidates
 from lungcad.pipeline import Pipeline
-from lungcad.protocol import FAMILIES, family_spec, score_family, write_family
+from lungcad.protocol import family_spec, score_family, write_family
 from lungcad.synthetic import domain
 from test_pipeline import toy_classifier, toy_segmenter
 
