@@ -11,6 +11,8 @@ import pandas as pd
 #: Columns every candidate table has (docs/architecture.md).  Stages add their own, and remove none.
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "z", "y", "x",
                      "diameter_mm", "probability"]
+#: The text columns of a candidate table (the others are numbers).
+TEXT_COLUMNS = ("seriesuid", "source")
 
 
 def table_text(value):
@@ -32,8 +34,7 @@ def table_records(records) -> list[dict[str, Any]]:
 def empty_candidates(extra: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """An empty candidate table with the contract columns (and ``extra``)."""
     cols = CANDIDATE_COLUMNS + [c for c in extra if c not in CANDIDATE_COLUMNS]
-    df = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
-    df["seriesuid"] = df["seriesuid"].astype(object)
+    df = pd.DataFrame({c: pd.Series(dtype=object if c in TEXT_COLUMNS else float) for c in cols})
     return df
 
 

@@ -61,8 +61,9 @@ def test_sample_data_end_to_end(tmp_path):
     assert r.stderr.strip() == ""          # a clean run leaves stderr to errors: no backend log lines
     cands = pd.read_csv(out / "candidates.csv")
     assert list(cands.columns[:5]) == LUNA_COLS
-    for col in ["patient_id", "diameter_mm", "nodule_prob", "malignancy_prob", "z", "y", "x"]:
+    for col in ["patient_id", "diameter_mm", "nodule_prob", "malignancy_prob", "z", "y", "x", "source"]:
         assert col in cands.columns
+    assert set(cands["source"]) <= {"unet", "dense"} and (cands["source"] == "unet").any()
     patients = pd.read_csv(out / "patients.csv")
     labels = pd.read_csv(REPO / "sample_data" / "labels.csv")
     assert set(patients["patient_id"]) == set(labels["patient_id"])

@@ -91,7 +91,7 @@ def _table(zyx, diameter, prob=0.9):
     return pd.DataFrame({"seriesuid": "s", "coordX": xyz[:, 0], "coordY": xyz[:, 1], "coordZ": xyz[:, 2],
                          "z": zyx[:, 0], "y": zyx[:, 1], "x": zyx[:, 2], "diameter_mm": diameter,
                          "probability": prob, "seg_prob": prob, "volume_mm3": 100.0, "z_extent_mm": 5.0,
-                         "n_slices": 4})
+                         "n_slices": 4, "source": "unet"})
 
 
 def test_added_candidates_skip_covered_blobs_and_carry_the_unet_probability():
@@ -115,6 +115,7 @@ def test_added_candidates_skip_covered_blobs_and_carry_the_unet_probability():
     xyz = voxel_to_world(new[["z", "y", "x"]].to_numpy(float), spacing=SP, origin=ORIGIN)
     assert np.allclose(new[["coordX", "coordY", "coordZ"]].to_numpy(float), xyz)
     assert (new["seriesuid"] == "s").all() and (new["diameter_mm"] >= 3.0).all()
+    assert out["source"].tolist() == ["unet", "dense", "dense"]
     one = add_dense_candidates(covered, hu, prob, spacing_zyx=SP, origin_xyz=ORIGIN, lung_mask=mask, max_added=1)
     assert len(one) == 2 and np.allclose(one.iloc[1][["z", "y", "x"]].to_numpy(float) * SP, c, atol=0.8)
     off = add_dense_candidates(covered, hu, prob, spacing_zyx=SP, origin_xyz=ORIGIN, lung_mask=mask, max_added=0)
@@ -150,6 +151,7 @@ def test_the_pipeline_hands_a_granuloma_the_unet_missed_to_the_fpr():
     top = t.sort_values("probability", ascending=False).iloc[0]
     assert np.linalg.norm(top[["coordX", "coordY", "coordZ"]].to_numpy(float) - want) < 1.0
     assert top["probability"] == 1.0
+    assert top["source"] == "dense"
     off = Pipeline(PipelineConfig().with_overrides({"dense.max_added": 0}), segmenter=blind,
                    classifier=dense_centre).run(vol)
     assert len(off.candidates) == 0

@@ -104,6 +104,7 @@ def test_table_columns_order_and_probability():
     assert table["probability"].tolist() == pytest.approx([0.95, 0.7], abs=1e-6)
     assert (table["seg_prob"] == table["probability"]).all()
     assert table.loc[0, "coordX"] == pytest.approx(70, abs=1.0)
+    assert (table["source"] == "unet").all()
 
 
 def test_empty_map_gives_empty_table_with_columns():
@@ -111,6 +112,7 @@ def test_empty_map_gives_empty_table_with_columns():
                           origin_xyz=(0, 0, 0))
     assert len(table) == 0
     assert list(table.columns) == CANDIDATE_COLUMNS + EXTRA_COLUMNS
+    assert table["source"].dtype == object and table["z"].dtype == float
 
 
 def test_nodule_split_into_blobs_in_one_slice_is_one_candidate():

@@ -28,7 +28,7 @@ from lungcad.checks import check_spacing, check_volume
 from lungcad.result import CANDIDATE_COLUMNS, table_text
 from lungcad.volume import voxel_to_world
 
-from .measure import EXTRA_COLUMNS
+from .measure import EXTRA_COLUMNS, SOURCE_DENSE
 
 #: HU below which a shell voxel counts as lung (air or aerated parenchyma).
 LUNG_HU = -500.0
@@ -141,7 +141,7 @@ def add_dense_candidates(table: pd.DataFrame, hu, prob, *, spacing_zyx, origin_x
     The blob keywords are :func:`dense_blobs`'s.  At most ``max_added`` blobs are added
     (0 = off: ``table`` as it is), the densest (highest ``peak_hu``) first; ``seg_prob`` and
     ``probability`` are the U-Net's highest probability inside the blob (``prob``, aligned
-    with ``hu``).  A blob counts as covered, and is left out, when a candidate's centre lies
+    with ``hu``), and ``source`` is :data:`SOURCE_DENSE`.  A blob counts as covered, and is left out, when a candidate's centre lies
     within the larger of the two radii, or 3 mm.
     """
     if max_added <= 0:
@@ -176,7 +176,7 @@ def add_dense_candidates(table: pd.DataFrame, hu, prob, *, spacing_zyx, origin_x
         "diameter_mm": np.maximum(blobs["diameter_mm"].to_numpy(float), 3.0),
         "probability": np.asarray(pmax, float), "seg_prob": np.asarray(pmax, float),
         "volume_mm3": blobs["volume_mm3"].to_numpy(float), "z_extent_mm": blobs["z_extent_mm"].to_numpy(float),
-        "n_slices": blobs["n_slices"].to_numpy(int)})
+        "n_slices": blobs["n_slices"].to_numpy(int), "source": SOURCE_DENSE})
     add = add[CANDIDATE_COLUMNS + EXTRA_COLUMNS]
     if len(table) == 0:
         return add.reset_index(drop=True)

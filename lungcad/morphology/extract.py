@@ -13,7 +13,7 @@ from lungcad.volume import voxel_to_world
 from .components import component_table, dilate, erode, label_slices
 from .components import threshold as _apply_threshold   # the name ``threshold`` is a keyword here
 from .levels import split_components, weak_components
-from .measure import EXTRA_COLUMNS, measure_candidates
+from .measure import EXTRA_COLUMNS, SOURCE_UNET, measure_candidates
 from .merge import merge_by_distance
 from .zlink import merge_z, overlap_links
 
@@ -159,6 +159,7 @@ def extract_candidates(prob, *, spacing_zyx, origin_xyz, direction=None, series_
     table["coordX"], table["coordY"], table["coordZ"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     table["seriesuid"] = table_text(series_uid)
     table["probability"] = table["seg_prob"]
+    table["source"] = SOURCE_UNET
     table = table.sort_values("probability", ascending=False, kind="stable")
     if max_candidates is not None:
         table = table.head(int(max_candidates))

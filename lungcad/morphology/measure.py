@@ -9,7 +9,11 @@ import pandas as pd
 from scipy import ndimage
 
 #: Columns that :func:`extract_candidates` adds to :data:`lungcad.result.CANDIDATE_COLUMNS`.
-EXTRA_COLUMNS = ["seg_prob", "volume_mm3", "z_extent_mm", "n_slices"]
+#: ``source`` says where a candidate came from: :data:`SOURCE_UNET` (a component of the
+#: U-Net's map) or :data:`SOURCE_DENSE` (a dense blob, :func:`add_dense_candidates`).
+EXTRA_COLUMNS = ["seg_prob", "volume_mm3", "z_extent_mm", "n_slices", "source"]
+SOURCE_UNET = "unet"
+SOURCE_DENSE = "dense"
 
 
 _NEIGHBOURS = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1)
