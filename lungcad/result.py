@@ -34,8 +34,7 @@ def table_records(records) -> list[dict[str, Any]]:
 def empty_candidates(extra: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """An empty candidate table with the contract columns (and ``extra``)."""
     cols = CANDIDATE_COLUMNS + [c for c in extra if c not in CANDIDATE_COLUMNS]
-    df = pd.DataFrame({c: pd.Series(dtype=object if c in TEXT_COLUMNS else float) for c in cols})
-    return df
+    return pd.DataFrame({c: pd.Series(dtype=object if c in TEXT_COLUMNS else float) for c in cols})
 
 
 @dataclass

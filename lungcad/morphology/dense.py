@@ -141,8 +141,8 @@ def add_dense_candidates(table: pd.DataFrame, hu, prob, *, spacing_zyx, origin_x
     The blob keywords are :func:`dense_blobs`'s.  At most ``max_added`` blobs are added
     (0 = off: ``table`` as it is), the densest (highest ``peak_hu``) first; ``seg_prob`` and
     ``probability`` are the U-Net's highest probability inside the blob (``prob``, aligned
-    with ``hu``), and ``source`` is :data:`SOURCE_DENSE`.  A blob counts as covered, and is left out, when a candidate's centre lies
-    within the larger of the two radii, or 3 mm.
+    with ``hu``), and ``source`` is :data:`SOURCE_DENSE`.  A blob counts as covered, and is
+    left out, when a candidate's centre lies within the larger of the two radii, or 3 mm.
     """
     if max_added <= 0:
         return table
