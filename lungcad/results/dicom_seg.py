@@ -111,10 +111,15 @@ def render_seg(volume, result) -> dict[str, bytes]:
         notes = result.meta.setdefault("output_notes", [])
         if note not in notes:
             notes.append(note)
-    stacked = np.stack(layers, axis=-1)[planes].astype(np.uint8)  # (source image, y, x, segment)
     if src.multiframe:   # the frames in file order
         order = np.argsort([im.frame or 0 for im in src.images], kind="stable")
-        stacked = stacked[order]
+        planes = np.asarray(planes)[order]
+    # Segment-major in memory, (source image, y, x, segment) as a view: highdicom's overlap
+    # check sums over the segment axis, which is 5 x faster over planes than along a row.
+    by_segment = np.empty((len(layers), len(planes)) + tuple(shape[1:]), dtype=np.uint8)
+    for i, layer in enumerate(layers):
+        np.take(layer, planes, axis=0, out=by_segment[i].view(bool))
+    stacked = np.moveaxis(by_segment, 0, -1)
     segments = [hd.seg.SegmentDescription(segment_number=i + 1,
                                           algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                                           **d) for i, d in enumerate(descriptions)]
@@ -125,7 +130,7 @@ def render_seg(volume, result) -> dict[str, bytes]:
             segment_descriptions=segments,
             series_instance_uid=output_uid(result, "seg series"),
             series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=output_uid(result, "seg", stacked, nodules),
+            sop_instance_uid=output_uid(result, "seg", by_segment, nodules),
             instance_number=1, manufacturer=MANUFACTURER,
             manufacturer_model_name=ALGORITHM_NAME, software_versions=version,
             device_serial_number="0", content_label="LUNGCAD",
