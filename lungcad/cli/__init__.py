@@ -23,6 +23,7 @@ import traceback
 
 from lungcad import __version__
 from lungcad.errors import LungcadError
+from lungcad.memory import reuse_freed_memory
 
 COMMANDS = ["info", "synth", "zoo", "detect", "merge", "train", "evaluate", "calibrate"]
 
@@ -120,6 +121,7 @@ class LogLines(logging.Handler):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    reuse_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     logger = logging.getLogger("lungcad")
