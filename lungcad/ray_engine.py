@@ -90,9 +90,13 @@ class _Networks:
     ``attempts`` (an :func:`_attempt_counter`) counts the tries of each scan across actors,
     and a scan already tried ``retries + 1`` times gets an error row instead of a new try.
     ``files`` (:func:`weight_files`, or a Ray reference to them) are the weight files that
-    travel with the job."""
+    travel with the job.  Its process keeps freed memory for the next scan's arrays, as the
+    ``lungcad`` command does (:func:`lungcad.memory.reuse_freed_memory`)."""
 
     def __init__(self, pipe_blob: bytes, attempts=None, retries: int = -1, files=None, outputs=None):
+        from lungcad.memory import reuse_freed_memory
+
+        reuse_freed_memory()
         self.pipe = pickle.loads(pipe_blob)
         self.outputs = outputs
         if files is not None:

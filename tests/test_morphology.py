@@ -465,3 +465,37 @@ def test_series_uid_that_utf8_cannot_hold_is_escaped():
     table = extract_plain(prob, spacing_zyx=(2.0, 1.0, 1.0), origin_xyz=(0.0, 0.0, 0.0),
                           series_uid="1.2.\udc80")
     assert len(table) == 1 and table["seriesuid"].tolist() == ["1.2.\\udc80"]
+
+
+@pytest.mark.parametrize("fill", [0.002, 0.05])
+def test_support_halo_and_maximum_filter_agree(monkeypatch, fill):
+    """The support (candidates grown by one voxel, the largest id where grown candidates meet)
+    is the same set of (voxel, id) by its halo path and by its maximum-filter path, on a
+    sparse and a dense label map of touching and isolated candidates."""
+    from lungcad.morphology import measure
+
+    rng = np.random.default_rng(7)
+    seeds = rng.random((30, 40, 50)) < fill
+    own, n = ndimage.label(ndimage.binary_dilation(seeds, iterations=1), structure=np.ones((3, 3, 3)))
+    own = own.astype(np.int32)
+    own[own % 3 == 0] = 0            # drop some, so that others border on empty voxels
+    own[3:10, 3:10, 3:14] = 0        # room for two candidates face to face, whose border
+    own[5:8, 5:8, 5:8] = 1           # voxels (x = 8) are contested
+    own[5:8, 5:8, 9:12] = n + 1
+    results = []
+    for cost in (1, 10**9):          # the halo always, then the filter always
+        monkeypatch.setattr(measure, "_HALO_COST", cost)
+        where, ids = measure._support(own)
+        flat = np.ravel_multi_index(where, own.shape)
+        order = np.argsort(flat)
+        assert len(np.unique(flat)) == len(flat)      # each voxel once
+        results.append((flat[order], ids[order]))
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1])
+    # the contested column between the two face-to-face candidates went to the larger id
+    grid = np.zeros(own.shape, np.int64)
+    grid.flat[results[0][0]] = results[0][1]
+    assert (grid[5:8, 5:8, 8] == n + 1).all()
+    # and every support voxel is a candidate's or touches one (26-connected)
+    near = ndimage.binary_dilation(own > 0, structure=np.ones((3, 3, 3)))
+    assert near.flat[results[0][0]].all() and (grid > 0).sum() == near.sum()

@@ -20,12 +20,18 @@ _NEIGHBOURS = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1)
                         for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)])
 
 
+#: The halo's cost per candidate voxel over the maximum filter's per box voxel (about 2.5 us
+#: against 15 ns on the benchmark machine): above one candidate voxel in 150, the filter wins
+#: (the 300-slice benchmark scan's 296 k voxels in a 25 M box: 0.74 -> 0.38 s).
+_HALO_COST = 150
+
+
 def _support(own: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Voxel coordinates and candidate ids of the candidates grown by one voxel (26-connected);
     an empty voxel next to several candidates takes the largest id."""
     coords = np.nonzero(own)
     ids = own[coords]
-    if ids.size > 2_000_000:
+    if ids.size * _HALO_COST > own.size:
         # dense maps: a separable 3 x 3 x 3 maximum over the whole box is cheaper
         grown = ndimage.maximum_filter(own, size=3, mode="constant", cval=0)
         support = np.where(own > 0, own, grown)
