@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lungcad.candidates import context_indices, predict_probability_map, prepare_slices, window
+from lungcad.candidates import context_indices, predict_probability_map, prepare_slices, window, zoom_slices
 
 
 def sphere_volume(shape, spacing, centre_zyx_mm, radius_mm, inside=40, outside=-1000):
@@ -77,3 +77,18 @@ def test_a_keras_unet_runs_over_the_slices_in_full_batches():
     assert prob.shape == hu.shape
     assert 0.0 <= prob.min() <= prob.max() <= 1.0
     assert sizes == [2, 2, 2]                      # 5 slices: the last batch padded
+
+
+@pytest.mark.parametrize("shape, size", [((3, 40, 52), (71, 90)),    # up, as the map back to the scan
+                                         ((3, 71, 90), (40, 52)),    # down, as the slices to the network
+                                         ((2, 1, 9), (4, 9)),        # one row; x as it is
+                                         ((2, 17, 5), (17, 1))])     # y as it is; to one column
+def test_zoom_slices_is_ndimage_bilinear_zoom_in_plane(shape, size):
+    from scipy import ndimage
+
+    a = np.random.default_rng(3).random(shape, dtype=np.float32)
+    zoom = (1.0, size[0] / shape[1], size[1] / shape[2])
+    want = ndimage.zoom(a, zoom, order=1, prefilter=False, grid_mode=True, mode="nearest")
+    got = zoom_slices(a, size)
+    assert got.shape == want.shape == (shape[0], *size) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
